@@ -1,0 +1,1 @@
+"""mailops: redundant mail nodes behind a load balancer, as code."""

@@ -1,0 +1,36 @@
+"""Ansible settings mailops relies on, set before ansible-core is imported.
+
+ansible.constants reads the environment once at import, so every module that
+imports ansible goes through here first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_DEFAULTS = {
+    # Only our YAML inventories; a file the plugin cannot parse is an error,
+    # not a warning followed by an empty inventory.
+    "ANSIBLE_INVENTORY_ENABLED": "yaml",
+    "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True",
+    "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "True",
+    "ANSIBLE_DUPLICATE_YAML_DICT_KEY": "error",
+    "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+    "ANSIBLE_HOST_KEY_CHECKING": "True",
+    "ANSIBLE_PIPELINING": "True",
+    "ANSIBLE_FORKS": "10",
+    "ANSIBLE_NOCOLOR": "1",
+    "ANSIBLE_RETRY_FILES_ENABLED": "False",
+    "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
+}
+
+
+def apply() -> None:
+    for key, value in _DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+apply()

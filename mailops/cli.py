@@ -1,0 +1,108 @@
+"""Argument parsing for deploy.py; each command calls into mailops."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from mailops.environment import ROOT
+from mailops.errors import InventoryErrors, MailopsError
+
+DEFAULT_INVENTORY = ROOT / "inventories" / "lab"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deploy.py", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def inv(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-i", "--inventory", type=Path, default=DEFAULT_INVENTORY,
+                        help="inventory folder (default: inventories/lab)")
+
+    lab = sub.add_parser("lab", help="the lab: Debian hosts on this machine")
+    lab.add_argument("action", choices=["up", "down", "status"])
+    lab.add_argument("--rebuild-image", action="store_true",
+                     help="rebuild the cached Debian base image")
+    lab.add_argument("--json", action="store_true", help="status as JSON")
+    inv(lab)
+
+    boot = sub.add_parser("bootstrap", help="bring bare Debian hosts to where Ansible runs")
+    inv(boot)
+
+    up = sub.add_parser("up", help="the main job: lab (if a lab inventory), bootstrap")
+    up.add_argument("--rebuild-image", action="store_true")
+    inv(up)
+
+    test = sub.add_parser("test", help="run the whole test suite (pytest)")
+    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _lab_up(inventory, rebuild: bool) -> None:
+    from mailops.lab import Lab
+
+    lab = Lab(inventory)
+    t0 = time.monotonic()
+    changes = lab.up(rebuild_image=rebuild)
+    took = time.monotonic() - t0
+    print(lab.status_table())
+    verdict = f"{len(changes)} change(s)" if changes else "no changes"
+    print(f"\nlab up: {verdict} in {took:.1f} s; SSH: ssh -F {lab.ssh_config} <host>")
+
+
+def _bootstrap(inventory) -> None:
+    from mailops.bootstrap import bootstrap
+
+    t0 = time.monotonic()
+    result = bootstrap(inventory)
+    print(result.table())
+    verdict = f"{result.changed} change(s)" if result.changed else "no changes"
+    print(f"\nbootstrap: {verdict} in {time.monotonic() - t0:.1f} s")
+    if result.failed:
+        raise MailopsError(f"bootstrap failed on: {', '.join(result.failed)}")
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "test":
+        cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
+        os.chdir(ROOT)
+        os.execv(sys.executable, cmd)
+    try:
+        from mailops.model import load_inventory
+
+        inventory = load_inventory(args.inventory)
+        if args.command == "lab":
+            from mailops.lab import Lab
+
+            lab = Lab(inventory)
+            if args.action == "up":
+                _lab_up(inventory, args.rebuild_image)
+            elif args.action == "down":
+                t0 = time.monotonic()
+                changes = lab.down()
+                print(f"lab down: {len(changes)} removal(s) in {time.monotonic() - t0:.1f} s")
+            elif args.json:
+                print(json.dumps(lab.status(), indent=2))
+            else:
+                print(lab.status_table())
+        elif args.command == "bootstrap":
+            _bootstrap(inventory)
+        elif args.command == "up":
+            if inventory.lab is not None:
+                _lab_up(inventory, args.rebuild_image)
+            _bootstrap(inventory)
+    except InventoryErrors as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except MailopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; the run is safe to repeat", file=sys.stderr)
+        return 130
+    return 0

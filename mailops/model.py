@@ -1,0 +1,368 @@
+"""Inventory -> typed model.
+
+The inventory is read through ansible-core's own inventory API, so Ansible
+and mailops see the same hosts and variables. Before that, the raw YAML of
+hosts.yml is walked once for what Ansible would silently accept (a key given
+twice) and to know where each host was written, so every error can name the
+file, the key path and the fix. All problems are collected and reported
+together, before any host is touched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mailops import ansible_env  # noqa: F401  (must precede ansible imports)
+from mailops.errors import InventoryError, InventoryErrors
+
+GROUPS = ("lb", "mail", "dns", "external")
+LAB_RANGE = IPv4Network("198.18.0.0/15")
+HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    groups: tuple[str, ...]
+    address: IPv4Address
+    ssh_user: str = "root"
+    ssh_port: int = 22
+    ssh_key: str | None = None
+    apt_proxy: str | None = None
+    timezone: str = "Etc/UTC"
+    ntp_servers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """A lab: hosts booted on this machine, on their own bridge and subnet."""
+
+    name: str
+    subnet: IPv4Network
+
+    @property
+    def gateway(self) -> IPv4Address:
+        return self.subnet.network_address + 1
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.name}0"
+
+    @property
+    def apt_proxy_url(self) -> str:
+        return f"http://{self.gateway}:3142"
+
+    def netns(self, host: Host) -> str:
+        return f"{self.name}-{host.name}"
+
+    def veth(self, host: Host) -> str:
+        # Interface names are limited to 15 characters: lab name + last octet.
+        return f"{self.name}-{int(host.address) & 0xFF}"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    hosts: tuple[Host, ...]
+    lab: LabSpec | None = None
+    variables: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
+
+    def group(self, name: str) -> tuple[Host, ...]:
+        return tuple(h for h in self.hosts if name in h.groups)
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------- raw YAML pass
+
+
+@dataclass
+class _Raw:
+    """Where each host and group was written in hosts.yml."""
+
+    host_keys: dict[str, str] = field(default_factory=dict)  # host -> key path
+    group_keys: dict[str, str] = field(default_factory=dict)
+
+
+def _check_duplicates(node: yaml.Node, path: str, file: Path, errors: list[InventoryError]):
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                errors.append(InventoryError(
+                    file, f"{path}.{key}" if path else key,
+                    f"given twice (lines {seen[key]} and {line}); YAML keeps only the last",
+                    "remove or rename one of them: each host and key appears once per mapping",
+                ))
+            seen[key] = line
+            _check_duplicates(value_node, f"{path}.{key}" if path else key, file, errors)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicates(item, f"{path}[{i}]", file, errors)
+
+
+def _walk_groups(name: str, body: Any, path: str, raw: _Raw, file: Path,
+                 errors: list[InventoryError]) -> None:
+    raw.group_keys.setdefault(name, path)
+    if body is None:
+        return
+    if not isinstance(body, dict):
+        errors.append(InventoryError(file, path, f"a group must be a mapping, not {_tname(body)}",
+                                     "write the group as `name: {hosts: {...}, vars: {...}}`"))
+        return
+    hosts = body.get("hosts") or {}
+    if isinstance(hosts, dict):
+        for host in hosts:
+            raw.host_keys.setdefault(str(host), f"{path}.hosts.{host}")
+    else:
+        errors.append(InventoryError(file, f"{path}.hosts",
+                                     f"must be a mapping of host names, not {_tname(hosts)}",
+                                     "write hosts as `hosts: {mail1: {ansible_host: ...}}`"))
+    children = body.get("children") or {}
+    if isinstance(children, dict):
+        for child, child_body in children.items():
+            _walk_groups(str(child), child_body, f"{path}.children.{child}", raw, file, errors)
+
+
+def _raw_pass(file: Path, errors: list[InventoryError]) -> tuple[_Raw, dict]:
+    raw = _Raw()
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise InventoryErrors([InventoryError(
+            file, "(file)", f"cannot be read: {exc.strerror}",
+            "pass -i with an inventory folder that holds hosts.yml")]) from exc
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise InventoryErrors([InventoryError(
+            file, where, f"is not valid YAML: {getattr(exc, 'problem', exc)}",
+            "fix the YAML syntax (indentation with spaces, `key: value`)")]) from exc
+    if node is not None:
+        _check_duplicates(node, "", file, errors)
+    if not isinstance(data, dict) or "all" not in data:
+        raise InventoryErrors([InventoryError(
+            file, "all", "missing: an Ansible YAML inventory starts with `all:`",
+            "put the groups under `all: {children: {lb: ..., mail: ...}}`")])
+    _walk_groups("all", data["all"], "all", raw, file, errors)
+    return raw, data
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _tname(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", int: "a number",
+            bool: "true/false", type(None): "empty"}.get(type(value), type(value).__name__)
+
+
+def _lab_spec(data: dict, file: Path, errors: list[InventoryError]) -> LabSpec | None:
+    all_vars = (data.get("all") or {}).get("vars") or {}
+    spec = all_vars.get("mailops_lab")
+    key = "all.vars.mailops_lab"
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        errors.append(InventoryError(file, key, f"must be a mapping, not {_tname(spec)}",
+                                     "write `mailops_lab: {name: mailops, subnet: 198.18.0.0/24}`"))
+        return None
+    name, subnet = spec.get("name"), spec.get("subnet")
+    ok = True
+    if name is None:
+        errors.append(InventoryError(file, f"{key}.name", "missing (required)",
+                                     "add `name: mailops` (short: a-z and digits, at most 10)"))
+        ok = False
+    elif not isinstance(name, str) or not LAB_NAME_RE.match(name):
+        errors.append(InventoryError(
+            file, f"{key}.name", f"{name!r} is not a valid lab name",
+            "use a lowercase letter then letters/digits, at most 10 characters "
+            "(it prefixes interface names, which Linux limits to 15)"))
+        ok = False
+    net = None
+    if subnet is None:
+        errors.append(InventoryError(file, f"{key}.subnet", "missing (required)",
+                                     "add `subnet: 198.18.0.0/24` (inside 198.18.0.0/15)"))
+        ok = False
+    elif not isinstance(subnet, str):
+        errors.append(InventoryError(file, f"{key}.subnet",
+                                     f"must be a string like 198.18.0.0/24, not {_tname(subnet)}",
+                                     "write the subnet in CIDR form: `subnet: 198.18.0.0/24`"))
+        ok = False
+    else:
+        try:
+            net = IPv4Network(subnet)
+        except ValueError:
+            errors.append(InventoryError(file, f"{key}.subnet", f"{subnet!r} is not a CIDR network",
+                                         "write it as 198.18.N.0/24 (host bits zero)"))
+            ok = False
+        if net is not None and (not net.subnet_of(LAB_RANGE) or net.prefixlen > 28):
+            errors.append(InventoryError(
+                file, f"{key}.subnet", f"{subnet} is outside the lab range {LAB_RANGE} or too small",
+                f"use a /24 inside {LAB_RANGE}: lab traffic must stay in that range"))
+            ok = False
+    extra = set(spec) - {"name", "subnet"}
+    for k in sorted(extra):
+        errors.append(InventoryError(file, f"{key}.{k}", "unknown key",
+                                     "mailops_lab takes only `name` and `subnet`"))
+        ok = False
+    return LabSpec(name=name, subnet=net) if ok and net else None
+
+
+def _host_from_vars(name: str, groups: tuple[str, ...], hv: dict, keypath: str, file: Path,
+                    lab: LabSpec | None, errors: list[InventoryError]) -> Host | None:
+    ok = True
+    if not HOSTNAME_RE.match(name):
+        errors.append(InventoryError(file, keypath, f"host name {name!r} is not a valid hostname",
+                                     "use lowercase letters, digits and '-', at most 32 characters"))
+        ok = False
+    addr_raw = hv.get("ansible_host")
+    address = None
+    if addr_raw is None:
+        errors.append(InventoryError(file, f"{keypath}.ansible_host", "missing (required)",
+                                     "give the host's IPv4 address: `ansible_host: 198.18.0.11`"))
+        ok = False
+    elif not isinstance(addr_raw, str):
+        errors.append(InventoryError(file, f"{keypath}.ansible_host",
+                                     f"must be an IPv4 address string, not {_tname(addr_raw)}",
+                                     "write it like `ansible_host: 198.18.0.11`"))
+        ok = False
+    else:
+        try:
+            address = IPv4Address(addr_raw)
+        except ValueError:
+            errors.append(InventoryError(file, f"{keypath}.ansible_host",
+                                         f"{addr_raw!r} is not an IPv4 address",
+                                         "write it like `ansible_host: 198.18.0.11`"))
+            ok = False
+    if address is not None and lab is not None:
+        if address not in lab.subnet:
+            errors.append(InventoryError(
+                file, f"{keypath}.ansible_host",
+                f"{address} is outside the lab subnet {lab.subnet}",
+                f"pick a free address in {lab.subnet} from .10 up"))
+            ok = False
+        elif address in (lab.gateway, lab.subnet.network_address, lab.subnet.broadcast_address):
+            errors.append(InventoryError(
+                file, f"{keypath}.ansible_host",
+                f"{address} is reserved (network, broadcast or the machine's own lab address)",
+                f"pick a free address in {lab.subnet} from .10 up"))
+            ok = False
+    port = hv.get("ansible_port", 22)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        errors.append(InventoryError(file, f"{keypath}.ansible_port",
+                                     f"{port!r} is not a TCP port number",
+                                     "write a number from 1 to 65535, e.g. `ansible_port: 22`"))
+        ok = False
+    user = hv.get("ansible_user", "root")
+    if not isinstance(user, str):
+        errors.append(InventoryError(file, f"{keypath}.ansible_user",
+                                     f"must be a string, not {_tname(user)}",
+                                     "write the SSH login name, e.g. `ansible_user: root`"))
+        ok = False
+    proxy = hv.get("mailops_apt_proxy")
+    if proxy is not None and (not isinstance(proxy, str) or not proxy.startswith("http://")):
+        errors.append(InventoryError(file, "mailops_apt_proxy",
+                                     f"{proxy!r} is not an http:// URL",
+                                     "write it like `mailops_apt_proxy: http://198.18.0.1:3142`"))
+        ok = False
+    ntp = hv.get("mailops_ntp_servers", [])
+    if not isinstance(ntp, list) or not all(isinstance(s, str) for s in ntp):
+        errors.append(InventoryError(file, "mailops_ntp_servers",
+                                     f"must be a list of server names, not {_tname(ntp)}",
+                                     "write `mailops_ntp_servers: [ntp1.example.net]` or []"))
+        ok = False
+    if not ok:
+        return None
+    return Host(
+        name=name, groups=groups, address=address, ssh_user=user, ssh_port=port,
+        ssh_key=hv.get("ansible_ssh_private_key_file"), apt_proxy=proxy,
+        timezone=str(hv.get("mailops_timezone", "Etc/UTC")), ntp_servers=tuple(ntp),
+    )
+
+
+def load_inventory(path: Path | str) -> Inventory:
+    """Read and validate an inventory folder (or a hosts.yml file)."""
+    path = Path(path)
+    file = path / "hosts.yml" if path.is_dir() else path
+    if not file.exists():
+        raise InventoryErrors([InventoryError(
+            file, "(file)", "does not exist",
+            "pass -i with an inventory folder that holds hosts.yml, e.g. -i inventories/lab")])
+    errors: list[InventoryError] = []
+    raw, data = _raw_pass(file, errors)
+    lab = _lab_spec(data, file, errors)
+
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    try:
+        inv = InventoryManager(loader=loader, sources=[str(file.parent if path.is_dir() else file)])
+    except AnsibleError as exc:
+        errors.append(InventoryError(file, "(file)", f"Ansible cannot parse it: {exc.message}",
+                                     "compare with inventories/lab/hosts.yml"))
+        raise InventoryErrors(errors) from exc
+    varman = VariableManager(loader=loader, inventory=inv)
+
+    for gname in sorted(inv.groups):
+        if gname in ("all", "ungrouped") or gname in GROUPS:
+            continue
+        errors.append(InventoryError(
+            file, raw.group_keys.get(gname, f"group {gname}"), f"unknown group {gname!r}",
+            f"use only the groups {', '.join(GROUPS)} (a host may be in several)"))
+
+    hosts: list[Host] = []
+    by_address: dict[IPv4Address, str] = {}
+    variables: dict[str, dict[str, Any]] = {}
+    for ahost in sorted(inv.get_hosts(), key=lambda h: h.name):
+        name = ahost.name
+        keypath = raw.host_keys.get(name, f"host {name}")
+        groups = tuple(sorted(g.name for g in ahost.get_groups()
+                              if g.name not in ("all", "ungrouped")))
+        if not any(g in GROUPS for g in groups):
+            errors.append(InventoryError(
+                file, keypath, f"host {name!r} is in none of the groups {', '.join(GROUPS)}",
+                "move it under `all.children.<group>.hosts`"))
+            continue
+        hv = varman.get_vars(host=ahost, include_hostvars=False)
+        host = _host_from_vars(name, groups, hv, keypath, file, lab, errors)
+        if host is None:
+            continue
+        if host.address in by_address:
+            errors.append(InventoryError(
+                file, f"{keypath}.ansible_host",
+                f"{host.address} is already the address of {by_address[host.address]}",
+                "give every host its own address"))
+            continue
+        by_address[host.address] = name
+        hosts.append(host)
+        variables[name] = {k: v for k, v in hv.items()
+                           if not k.startswith(("ansible_", "inventory_", "group_names",
+                                                "groups", "omit", "playbook_dir"))}
+    if not any("mail" in h.groups for h in hosts) and not any(
+            e.key.startswith(raw.group_keys.get("mail", "~")) for e in errors):
+        errors.append(InventoryError(
+            file, raw.group_keys.get("mail", "all.children.mail"),
+            "no host in group 'mail' (at least one mail node is required)",
+            "add `mail: {hosts: {mail1: {ansible_host: ...}}}` under all.children"))
+    if errors:
+        raise InventoryErrors(errors)
+    return Inventory(path=file.parent, hosts=tuple(hosts), lab=lab, variables=variables)
