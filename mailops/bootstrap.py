@@ -77,7 +77,7 @@ def _add_operations(state, inventory: Inventory) -> None:
                    host=pyhost, path=proxy_file, present=False)
         add_op(state, apt.packages, name="Install python3, python3-apt and chrony",
                host=pyhost, packages=PACKAGES, update=True, cache_time=24 * 3600,
-               no_recommends=True)
+               no_recommends=True, _retries=2)
         add_op(state, files.put, name="Configure chrony's time servers", host=pyhost,
                src=StringIO(render("etc/chrony/chrony.conf.j2", ntp_servers=host.ntp_servers)),
                dest="/etc/chrony/chrony.conf", mode="644")
@@ -134,7 +134,8 @@ def bootstrap(inventory: Inventory) -> BootstrapResult:
     for pyhost in pyinv:
         metas = [meta for op_hash, meta in state.ops[pyhost].items()] if pyhost in state.ops else []
         ops = len(metas)
-        changed = sum(1 for m in metas if m.operation_meta.did_change())
+        changed = sum(1 for m in metas
+                      if m.operation_meta.is_complete() and m.operation_meta.did_change())
         result.per_host[pyhost.name] = (ops, changed)
         if pyhost in state.failed_hosts and pyhost.name not in result.failed:
             result.failed.append(pyhost.name)

@@ -213,7 +213,8 @@ def _lab_spec(data: dict, file: Path, errors: list[InventoryError]) -> LabSpec |
             ok = False
         if net is not None and (not net.subnet_of(LAB_RANGE) or net.prefixlen > 28):
             errors.append(InventoryError(
-                file, f"{key}.subnet", f"{subnet} is outside the lab range {LAB_RANGE} or too small",
+                file, f"{key}.subnet",
+                f"{subnet} is outside the lab range {LAB_RANGE} or too small",
                 f"use a /24 inside {LAB_RANGE}: lab traffic must stay in that range"))
             ok = False
     extra = set(spec) - {"name", "subnet"}
@@ -228,8 +229,9 @@ def _host_from_vars(name: str, groups: tuple[str, ...], hv: dict, keypath: str, 
                     lab: LabSpec | None, errors: list[InventoryError]) -> Host | None:
     ok = True
     if not HOSTNAME_RE.match(name):
-        errors.append(InventoryError(file, keypath, f"host name {name!r} is not a valid hostname",
-                                     "use lowercase letters, digits and '-', at most 32 characters"))
+        errors.append(InventoryError(
+            file, keypath, f"host name {name!r} is not a valid hostname",
+            "use lowercase letters, digits and '-', at most 32 characters"))
         ok = False
     addr_raw = hv.get("ansible_host")
     address = None

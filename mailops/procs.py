@@ -7,6 +7,7 @@ differs is somebody else's process and is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -72,7 +73,5 @@ def stop(proc: Proc | None, timeout: float = 20.0) -> bool:
 def _reap(pid: int) -> None:
     # Our own child (same process started it) must be waited for, or it
     # lingers as a zombie; other processes are reaped by their parent.
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -1,0 +1,88 @@
+"""Shared fixtures. End-to-end tests share ONE lab cluster per session, with
+its own name and subnet, so they never touch a lab the user has up."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = [sys.executable, str(ROOT / "deploy.py")]
+TEST_LAB_NAME = "mtest"
+TEST_LAB_NET = "198.18.100"
+TIMINGS: list[tuple[str, float]] = []
+
+
+def lab_inventory_copy(dest: Path, name: str, net: str, hosts: list[str] | None = None) -> Path:
+    """inventories/lab with its own lab name and subnet (and optionally fewer
+    hosts); group_vars are copied as they are, so the mail model is the same."""
+    src = ROOT / "inventories" / "lab"
+    dest.mkdir(parents=True, exist_ok=True)
+    text = (src / "hosts.yml").read_text()
+    text = text.replace("name: mailops", f"name: {name}").replace("198.18.0.", f"{net}.")
+    if hosts is not None:
+        import yaml
+
+        data = yaml.safe_load(text)
+        for group in data["all"]["children"].values():
+            group["hosts"] = {h: v for h, v in (group.get("hosts") or {}).items() if h in hosts}
+        text = yaml.safe_dump(data, sort_keys=False)
+    (dest / "hosts.yml").write_text(text)
+    if (src / "group_vars").exists():
+        shutil.copytree(src / "group_vars", dest / "group_vars", dirs_exist_ok=True)
+    return dest
+
+
+def deploy(*args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+    t0 = time.monotonic()
+    res = subprocess.run([*DEPLOY, *args], capture_output=True, text=True, timeout=timeout,
+                         cwd=ROOT, stdin=subprocess.DEVNULL)
+    took = time.monotonic() - t0
+    TIMINGS.append((" ".join(a for a in args if not a.startswith("/")), took))
+    if check and res.returncode != 0:
+        raise AssertionError(f"deploy.py {' '.join(args)} failed ({res.returncode}):\n"
+                             f"{res.stdout}\n{res.stderr}")
+    return res
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIMINGS:
+        terminalreporter.section("deploy.py timings")
+        for what, took in TIMINGS:
+            terminalreporter.write_line(f"{took:7.1f} s  deploy.py {what}")
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("end-to-end tests boot lab hosts and need root")
+
+
+@pytest.fixture(scope="session")
+def lab_inventory(tmp_path_factory) -> Path:
+    return lab_inventory_copy(tmp_path_factory.mktemp("inv") / "lab", TEST_LAB_NAME,
+                              TEST_LAB_NET)
+
+
+@pytest.fixture(scope="session")
+def lab(lab_inventory):
+    """The session's lab cluster: up and bootstrapped once, down at the end."""
+    _need_root()
+    from mailops.lab import Lab
+    from mailops.model import load_inventory
+
+    inventory = load_inventory(lab_inventory)
+    deploy("lab", "down", "-i", str(lab_inventory))  # a crashed earlier run
+    deploy("up", "-i", str(lab_inventory))
+    yield Lab(inventory)
+    deploy("lab", "down", "-i", str(lab_inventory), check=False)
+
+
+def no_changes_in(output: str) -> re.Match | None:
+    return re.search(r"no changes in [0-9.]+ s", output)
