@@ -65,6 +65,10 @@ def _add_operations(state, inventory: Inventory) -> None:
         host: Host = pyhost.data.mailops_host
         add_op(state, server.hostname, name="Set the hostname from the inventory",
                host=pyhost, hostname=host.name)
+        # pyinfra's hostname op compares only the running name; a reboot
+        # reads /etc/hostname, so that file is managed on its own.
+        add_op(state, files.put, name="Persist the hostname in /etc/hostname", host=pyhost,
+               src=StringIO(f"{host.name}\n"), dest="/etc/hostname", mode="644")
         add_op(state, files.put, name="Write /etc/hosts with every inventory host",
                host=pyhost, src=StringIO(hosts_file), dest="/etc/hosts", mode="644")
         if host.apt_proxy:

@@ -126,29 +126,30 @@ def _spf_of(domain: str, resolver: Any) -> str | None:
     return found[0] if found else None
 
 
-def spf_lookup_count(spf: str, resolver: Any = None, *, _seen: frozenset[str] = frozenset(),
-                     _depth: int = 0) -> int:
+def spf_lookup_count(spf: str, resolver: Any = None) -> int:
     """DNS-querying terms in spf (RFC 7208 §4.6.4), through include/redirect
     recursively when resolver (anything with .resolve(name, "TXT"), e.g. a
     dns.resolver.Resolver aimed at a known server) is given.
 
     Without a resolver each include/redirect counts once: a lower bound.
     Targets with macros cannot be followed and count once."""
-    parsed = parse_spf(spf)
+    return _count(spf, resolver, frozenset())
+
+
+def _count(spf: str, resolver: Any, seen: frozenset[str]) -> int:
     count = 0
-    for term in parsed.lookup_terms():
+    for term in parse_spf(spf).lookup_terms():
         count += 1
         if resolver is None or term.name not in ("include", "redirect") or "%" in term.value:
             continue
         target = term.value.rstrip(".").lower()
-        if target in _seen or _depth >= SPF_LOOKUP_LIMIT:
+        if target in seen or len(seen) >= SPF_LOOKUP_LIMIT:
             # A loop or absurd depth: the real evaluation would exceed the
             # limit anyway, so say so rather than recurse forever.
             return SPF_LOOKUP_LIMIT + 1
         inner = _spf_of(target, resolver)
         if inner is not None:
-            count += spf_lookup_count(inner, resolver, _seen=_seen | {target},
-                                      _depth=_depth + 1)
+            count += _count(inner, resolver, seen | {target})
     return count
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dns.name
 
@@ -134,8 +134,8 @@ class MailDomainDNS:
     mta_sts_id: str | None = None  # None: no _mta-sts record (needs the HTTPS policy)
     tlsrpt_rua: str | None = None  # address or URI; default tls-reports@domain
     ttl: int = 300
-    srv_priority: int = field(default=0)  # RFC 6186 records below
-    srv_weight: int = field(default=1)
+    srv_priority: int = 0  # of the RFC 6186 SRV records
+    srv_weight: int = 1
 
     def __post_init__(self) -> None:
         domain = self.domain.rstrip(".").lower()

@@ -12,7 +12,9 @@ from mailops.errors import MailopsError
 
 
 def describe(changes: Sequence[Change], limit: int = 8) -> str:
-    """'create MX @, update TXT _dmarc, ... (+3 more)' for error messages."""
+    """'create MX @, update TXT _dmarc, ... (+3 more)' for error messages;
+    records before owner markers, which say less to a reader."""
+    changes = sorted(changes, key=lambda c: c.is_marker)
     parts = [f"{c.action} {c.type} {c.record_name}" for c in changes[:limit]]
     if len(changes) > limit:
         parts.append(f"(+{len(changes) - limit} more)")

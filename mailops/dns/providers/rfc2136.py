@@ -114,7 +114,7 @@ class Rfc2136Provider(Provider):
             dns.query.inbound_xfr(self.server, holder, query=query, port=self.port,
                                   timeout=self.timeout, lifetime=self.timeout * 4)
         except Exception as e:  # noqa: BLE001 - every failure becomes one clear message
-            raise ProviderError(self.name, origin.to_text(),
+            raise ProviderError(self.name, zone.rstrip("."),
                                 f"reading the zone (AXFR from {self.server}:{self.port}) "
                                 f"failed: {self._explain(e)}; nothing was changed") from e
         out = []
@@ -180,23 +180,32 @@ class Rfc2136Provider(Provider):
                                           else None)
         created_markers = {c.record_name for c in changes
                            if c.is_marker and c.action == "create"}
+        # Each prerequisite once: the server compares whole RRsets, and a
+        # repeated RR would make "marker present with this value" fail.
+        must_have: dict[str, str] = {}  # marker name -> its value
+        must_lack: list[tuple[str, str]] = []
         for c in changes:
             rec = c.record
-            name = name_of(rec.name, zone)
             if c.is_marker:
                 if c.action == "create":
-                    update.absent(name, "TXT")
-                    update.add(name, to_rdataset(rec, zone))
+                    must_lack.append((rec.name, "TXT"))
                 else:
-                    update.present(name, txt_rdata(rec.values[0]))
-                    update.delete(name, "TXT")
+                    must_have[rec.name] = rec.values[0]
                 continue
             mname = marker_name(rec.name, rec.type)
             if mname not in created_markers:
                 # Still ours at the moment the server applies the message.
-                update.present(name_of(mname, zone), txt_rdata(marker_value(owner, rec.type)))
+                must_have[mname] = marker_value(owner, rec.type)
             if c.action == "create":
-                update.absent(name, rec.type)
+                must_lack.append((rec.name, rec.type))
+        for rname, rtype in must_lack:
+            update.absent(name_of(rname, zone), rtype)
+        for mname, value in must_have.items():
+            update.present(name_of(mname, zone), txt_rdata(value))
+        for c in changes:
+            rec = c.record
+            name = name_of(rec.name, zone)
+            if c.action == "create":
                 update.add(name, to_rdataset(rec, zone))
             elif c.action == "update":
                 update.replace(name, to_rdataset(rec, zone))

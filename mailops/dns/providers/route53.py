@@ -121,6 +121,7 @@ class Route53Provider(Provider):
 
     def zone_id(self, zone: str) -> str:
         fqdn = origin_of(zone).to_text()
+        zone = fqdn.rstrip(".")
         if self._fixed_zone_id:
             return self._fixed_zone_id
         if fqdn in self._zone_ids:
@@ -128,13 +129,13 @@ class Route53Provider(Provider):
         try:
             found = self._call("list_hosted_zones_by_name", DNSName=fqdn, MaxItems="10")
         except (ClientError, BotoCoreError) as e:
-            raise ProviderError(self.name, fqdn, f"cannot list hosted zones: {e}") from e
+            raise ProviderError(self.name, zone, f"cannot list hosted zones: {e}") from e
         ids = [z["Id"] for z in found.get("HostedZones", []) if z["Name"].lower() == fqdn]
         if not ids:
-            raise ProviderError(self.name, fqdn, "no hosted zone of that name in this account; "
+            raise ProviderError(self.name, zone, "no hosted zone of that name in this account; "
                                 "create it first (or check the account/credentials)")
         if len(ids) > 1:
-            raise ProviderError(self.name, fqdn, f"{len(ids)} hosted zones have that name "
+            raise ProviderError(self.name, zone, f"{len(ids)} hosted zones have that name "
                                 f"({', '.join(ids)}); pass zone_id to choose one")
         self._zone_ids[fqdn] = ids[0].rsplit("/", 1)[-1]
         return self._zone_ids[fqdn]
@@ -143,7 +144,7 @@ class Route53Provider(Provider):
 
     def current(self, zone: str) -> list[Record]:
         zid = self.zone_id(zone)
-        zone = origin_of(zone).to_text().rstrip(".")
+        zone = origin_of(zone).to_text().rstrip(".").lower()
         kwargs: dict[str, Any] = {"HostedZoneId": zid}
         out: list[Record] = []
         while True:
@@ -206,7 +207,7 @@ class Route53Provider(Provider):
 
     def batches(self, plan: Plan) -> list[list[_Item]]:
         """The plan in request-sized batches, in plan order."""
-        zone = plan.zone.rstrip(".")
+        zone = plan.zone.rstrip(".").lower()
         out: list[list[_Item]] = [[]]
         records = chars = 0
         for change in plan.changes:
@@ -252,7 +253,7 @@ class Route53Provider(Provider):
             applied += [it.change for it in batch]
             self._wait(plan, resp["ChangeInfo"], applied, pending[len(batch):])
         for change in applied:  # our copy of the zone is stale now
-            self._raw.pop((plan.zone.rstrip("."), change.record_name, change.type), None)
+            self._raw.pop((plan.zone.rstrip(".").lower(), change.record_name, change.type), None)
         return ApplyResult(plan.zone, tuple(applied), (), self.round_trips - before)
 
     def _wait(self, plan: Plan, info: dict, applied: list[Change],

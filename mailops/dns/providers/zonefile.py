@@ -70,23 +70,29 @@ class ZoneFileProvider(Provider):
 
     # --- reading ------------------------------------------------------------
 
-    def _read(self, zone: str) -> tuple[list[Record], int]:
+    def _read(self, zone: str) -> tuple[list[Record], int, dict[tuple[str, str], list[str]]]:
+        """Records, SOA serial, and each RRset's rdata as written in the file
+        (so records the plan does not touch are written back verbatim)."""
         path = self.path_for(zone)
         if not path.exists():
-            return [], 0
+            return [], 0, {}
         self.round_trips += 1
+        origin = origin_of(zone)
         try:
-            parsed = dns.zone.from_file(str(path), origin=origin_of(zone), relativize=False)
+            parsed = dns.zone.from_file(str(path), origin=origin, relativize=False)
         except (dns.exception.DNSException, OSError) as e:
             raise ProviderError(self.name, zone, f"cannot read {path}: {e}") from e
-        records, serial = [], 0
+        records, serial, verbatim = [], 0, {}
         for name, node in parsed.nodes.items():
             for rdataset in node:
                 if rdataset.rdtype == dns.rdatatype.SOA:
                     serial = rdataset[0].serial
-                else:
-                    records.append(from_rdataset(name, rdataset, zone))
-        return records, serial
+                    continue
+                rec = from_rdataset(name, rdataset, zone)
+                records.append(rec)
+                verbatim[rec.key] = [rd.to_text(origin=origin, relativize=True)
+                                     for rd in rdataset]
+        return records, serial, verbatim
 
     def current(self, zone: str) -> list[Record]:
         return self._read(zone)[0]
@@ -107,11 +113,12 @@ class ZoneFileProvider(Provider):
     def apply(self, plan: Plan) -> ApplyResult:
         zone = plan.zone.rstrip(".")
         before = self.round_trips
-        existing, old_serial = self._read(zone)
+        existing, old_serial, verbatim = self._read(zone)
         fixed = {r.key: r for r in self._fixed(zone)}
         records = {r.key: r for r in existing if r.key not in fixed}
         for change in plan.changes:
             rec = change.record
+            verbatim.pop(rec.key, None)
             if change.action == "create" and rec.key in records and \
                     normalize(records[rec.key], zone) != normalize(rec, zone):
                 raise ProviderError(self.name, zone, f"{rec.type} {rec.name} exists in the "
@@ -123,17 +130,21 @@ class ZoneFileProvider(Provider):
                 records[rec.key] = rec
         today = int(datetime.datetime.now(datetime.UTC).strftime("%Y%m%d00"))
         serial = max(old_serial + 1, today) % 2**32  # RFC 1982 arithmetic wraps
-        text = self.render(zone, serial, list(records.values()))
+        text = self.render(zone, serial, list(records.values()), verbatim)
         self._write(zone, text, plan.changes)
         return ApplyResult(plan.zone, plan.changes, (), self.round_trips - before)
 
-    def render(self, zone: str, serial: int, records: list[Record]) -> str:
+    def render(self, zone: str, serial: int, records: list[Record],
+               verbatim: Mapping[tuple[str, str], list[str]] | None = None) -> str:
+        """The zone file text; `verbatim` rdata (from the old file) wins over
+        re-rendering, so foreign TXT keeps its own string boundaries."""
         origin = origin_of(zone)
+        verbatim = verbatim or {}
         rows = [("@", "SOA", self.ttl, self.soa.text(serial))]
         for rec in self._fixed(zone) + sorted(records, key=_order):
-            for rd in to_rdatas(rec, zone):
-                rows.append((rec.name, rec.type, rec.ttl,
-                             rd.to_text(origin=origin, relativize=True)))
+            texts = verbatim.get(rec.key) or [rd.to_text(origin=origin, relativize=True)
+                                             for rd in to_rdatas(rec, zone)]
+            rows += [(rec.name, rec.type, rec.ttl, text) for text in texts]
         width = max(len(r[0]) for r in rows)
         lines = [BANNER, f"$ORIGIN {origin.to_text()}", f"$TTL {self.ttl}"]
         lines += [f"{n.ljust(width)} {ttl:>6} IN {t:<5} {v}" for n, t, ttl, v in rows]

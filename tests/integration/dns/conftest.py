@@ -167,6 +167,12 @@ def bind(tmp_path_factory) -> Bind:
         stop(proc)
 
 
+@pytest.fixture
+def unused_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (for "no server there" tests)."""
+    return free_port()
+
+
 @pytest.fixture(scope="session")
 def moto_url(tmp_path_factory) -> str:
     server = need(str(VENV_BIN / "moto_server"))

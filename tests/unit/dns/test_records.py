@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dns.resolver
 import dns.rdtypes.ANY.TXT
+import dns.resolver
 import pytest
 
 from mailops.dns.policy import check_spf, parse_dmarc, parse_spf, spf_lookup_count
@@ -124,6 +124,8 @@ def test_normal_form_ignores_spelling_differences():
     a = Record("@", "MX", 300, ("10 MAIL.Example.TEST.", "20 b.example.test."))
     b = Record("@", "mx", 300, ("20 b", "10 mail"))  # relative to the zone
     assert normalize(a, "example.test") == normalize(b, "example.test")
+    txt = Record("@", "TXT", 300, ("b=2", "a=1"))
+    assert normalize(txt, "example.test") == Record("@", "TXT", 300, ("a=1", "b=2"))
     v6 = Record("mail", "AAAA", 300, ("2001:0db8:0000:0000:0000:0000:0000:0025",))
     assert normalize(v6, "example.test").values == ("2001:db8::25",)
 
@@ -179,7 +181,7 @@ def test_more_than_ten_lookups_is_flagged():
         domain(spf=direct)
     # Within the limit on its face, over it once the includes are followed.
     resolver = FakeResolver({
-        f"n{i}.test": ["v=spf1 a mx include:n%d.test -all" % (i + 1)] for i in range(5)})
+        f"n{i}.test": [f"v=spf1 a mx include:n{i + 1}.test -all"] for i in range(5)})
     nested = "v=spf1 include:n0.test -all"
     assert spf_lookup_count(nested) == 1
     assert spf_lookup_count(nested, resolver) > 10

@@ -63,6 +63,19 @@ def test_prerequisites_restate_ownership():
     assert b"".join(pre[0].strings) == b"mailops owner=prod type=MX"
 
 
+def test_each_prerequisite_appears_once():
+    # BIND compares prerequisite RRsets whole: a repeated marker RR would
+    # make the check fail (NXRRSET) and the whole update be refused.
+    recs = [Record("@", "MX", 300, ("10 mail.example.test.",)),
+            Record("mail", "A", 300, ("192.0.2.1",))]
+    current = recs + [marker_for(r, "prod") for r in recs]
+    update, _ = provider()._messages(make_plan(ZONE, [], current, "prod"))[0]
+    names = [r.name.to_text() for r in update.prerequisite]
+    assert sorted(names) == ["_mailops-owner-a.mail.example.test.",
+                             "_mailops-owner-mx.example.test."]
+    assert all(len(r) == 1 for r in update.prerequisite)
+
+
 def test_a_plan_too_big_for_one_message_is_split_in_order():
     desired = [Record(f"k{i}._domainkey", "TXT", 300, ("v=DKIM1; p=" + "A" * 380,))
                for i in range(400)]
