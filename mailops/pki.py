@@ -279,3 +279,14 @@ def random_password(length: int = 32) -> str:
     if length < 1:
         raise ValueError("password length must be positive")
     return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(length))
+
+
+def dovecot_sha512_crypt(password: str) -> str:
+    """A Dovecot {SHA512-CRYPT} hash (glibc crypt, random salt)."""
+    import subprocess
+
+    # The crypt module is deprecated in 3.11; openssl makes the same
+    # $6$ hash and is on every Debian machine.
+    res = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password,
+                         capture_output=True, text=True, check=True)
+    return "{SHA512-CRYPT}" + res.stdout.strip()

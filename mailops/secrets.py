@@ -57,6 +57,7 @@ V_KEY = "vault_tls_key"
 V_DKIM = "vault_dkim_keys"
 V_DOVEADM = "vault_doveadm_password"
 V_EXTRA = "vault_extra"
+V_MAILBOXES = "vault_mailbox_passwords"
 
 _HEADER = """\
 # Managed by mailops: secrets generated once and reused on every run and rebuild.
@@ -82,6 +83,9 @@ class Secrets:
     dkim: dict[str, str]  # mail domain -> DKIM private key PEM
     doveadm_password: str
     extra: dict[str, str] = field(default_factory=dict)  # later additions, e.g. TSIG keys
+    # mailbox address -> {"password": clear, "hash": Dovecot {SHA512-CRYPT} hash},
+    # for mailboxes whose inventory entry gives no password_hash of its own.
+    mailboxes: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         # Safe to log: names only, no key material.
@@ -89,7 +93,8 @@ class Secrets:
         cert = pki.certificate_info(self.service_cert.cert_pem).names if self.service_cert else None
         return (
             f"Secrets(ca={ca!r}, service_cert={cert!r}, dkim={sorted(self.dkim)!r}, "
-            f"doveadm_password='***', extra={sorted(self.extra)!r})"
+            f"doveadm_password='***', extra={sorted(self.extra)!r}, "
+            f"mailboxes={sorted(self.mailboxes)!r})"
         )
 
 
@@ -262,6 +267,16 @@ def _dkim(doc: dict[str, Any], file: Path) -> dict[str, str]:
     return keys
 
 
+def _mailboxes(doc: dict[str, Any], file: Path) -> dict[str, dict[str, str]]:
+    value = doc.get(V_MAILBOXES) or {}
+    if not isinstance(value, dict) or not all(
+        isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("password", "hash"))
+        for v in value.values()
+    ):
+        raise _bad(file, V_MAILBOXES, "must map each address to {password: ..., hash: ...}")
+    return {str(k): {"password": v["password"], "hash": v["hash"]} for k, v in value.items()}
+
+
 def _load(vault_file: Path, vault: VaultLib) -> tuple[dict[str, Any], Secrets]:
     """The file's raw mapping (to keep unknown keys) and what it holds."""
     if not vault_file.exists():
@@ -276,6 +291,7 @@ def _load(vault_file: Path, vault: VaultLib) -> tuple[dict[str, Any], Secrets]:
         dkim=_dkim(doc, vault_file),
         doveadm_password=_string(doc, V_DOVEADM, vault_file) or "",
         extra=_mapping(doc, V_EXTRA, vault_file),
+        mailboxes=_mailboxes(doc, vault_file),
     )
 
 
@@ -314,7 +330,8 @@ def _complete_tls(
 
 
 def _complete(
-    current: Secrets, names: list[str], domains: list[str], tls_mode: str
+    current: Secrets, names: list[str], domains: list[str], tls_mode: str,
+    mailboxes: list[str] = (),
 ) -> tuple[Secrets, list[str]]:
     changes: list[str] = []
     ca, cert = current.ca, current.service_cert
@@ -331,7 +348,14 @@ def _complete(
     if not doveadm:
         doveadm = pki.random_password()
         changes.append("generated doveadm password")
-    new = replace(current, ca=ca, service_cert=cert, dkim=dkim, doveadm_password=doveadm)
+    boxes = dict(current.mailboxes)
+    for address in mailboxes:
+        if address not in boxes:
+            password = pki.random_password(24)
+            boxes[address] = {"password": password, "hash": pki.dovecot_sha512_crypt(password)}
+            changes.append(f"generated password for mailbox {address}")
+    new = replace(current, ca=ca, service_cert=cert, dkim=dkim, doveadm_password=doveadm,
+                  mailboxes=boxes)
     return new, changes
 
 
@@ -360,6 +384,7 @@ def _to_vars(s: Secrets) -> dict[str, Any]:
         V_DKIM: dict(sorted(s.dkim.items())),
         V_DOVEADM: s.doveadm_password,
         V_EXTRA: dict(sorted(s.extra.items())),
+        V_MAILBOXES: dict(sorted(s.mailboxes.items())),
     }
     return out
 
@@ -409,6 +434,7 @@ def ensure_secrets(
     service_names: list[str],
     domains: list[str],
     tls_mode: str = "internal",
+    mailboxes: list[str] = (),
 ) -> tuple[Secrets, list[str]]:
     """Load the vault, add only what is missing, save if anything was added.
 
@@ -423,7 +449,8 @@ def ensure_secrets(
     vault_file = Path(vault_file).resolve()  # through a symlink: replace its target
     vault = _vault(Path(vault_password_file))
     raw, current = _load(vault_file, vault)
-    new, changes = _complete(current, names, _normalize(domains, "domains"), tls_mode)
+    new, changes = _complete(current, names, _normalize(domains, "domains"), tls_mode,
+                             [m.lower() for m in mailboxes])
     if changes:
         _save(vault_file, vault, raw, new)
     return new, changes
