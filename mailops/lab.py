@@ -131,6 +131,9 @@ def ensure_image(rebuild: bool = False) -> tuple[Path, bool]:
     _customise_image(tmp / "rootfs")
     (tmp / "complete").write_text(f"{time.time()}\n")
     # Swap in atomically, so a crash never leaves a half image that looks done.
+    if (final / "complete").exists() and not rebuild:
+        shutil.rmtree(tmp)  # another run built it meanwhile
+        return rootfs, False
     if final.exists():
         old = final.parent / f".old-{final.name}-{os.getpid()}"
         final.rename(old)
