@@ -117,6 +117,9 @@ def ensure_image(rebuild: bool = False) -> tuple[Path, bool]:
     rootfs = final / "rootfs"
     if (final / "complete").exists() and not rebuild:
         return rootfs, False
+    if rebuild and _image_in_use(rootfs):
+        raise LabError(f"the base image {final} is in use by lab hosts; "
+                       "run `deploy.py lab down` for every lab on it, then --rebuild-image")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".build-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -141,6 +144,11 @@ def ensure_image(rebuild: bool = False) -> tuple[Path, bool]:
     tmp.rename(final)
     step("image", "-", f"cached at {final}")
     return rootfs, True
+
+
+def _image_in_use(rootfs: Path) -> bool:
+    with open("/proc/self/mountinfo") as fh:
+        return any(f"lowerdir={rootfs}," in line for line in fh)
 
 
 def _customise_image(rootfs: Path) -> None:
