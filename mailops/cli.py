@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     boot = sub.add_parser("bootstrap", help="bring bare Debian hosts to where Ansible runs")
     inv(boot)
 
+    conv = sub.add_parser("converge", help="secrets, then Ansible's site playbook on the hosts")
+    conv.add_argument("--check", action="store_true", help="Ansible check mode: change nothing")
+    conv.add_argument("--diff", action="store_true", help="show file differences")
+    inv(conv)
+
     up = sub.add_parser("up", help="the main job: lab (if a lab inventory), bootstrap")
     up.add_argument("--rebuild-image", action="store_true")
     inv(up)
@@ -66,6 +71,18 @@ def _bootstrap(inventory) -> None:
         raise MailopsError(f"bootstrap failed on: {', '.join(result.failed)}")
 
 
+def _converge(inventory, check: bool = False, diff: bool = False) -> None:
+    from mailops.converge import converge
+
+    t0 = time.monotonic()
+    result = converge(inventory, check=check, diff=diff)
+    print(result.table())
+    verdict = f"{result.changed} change(s)" if result.changed else "no changes"
+    print(f"\nconverge: {verdict} in {time.monotonic() - t0:.1f} s"
+          + (f"; secrets: {len(result.secrets_changes)} generated" if result.secrets_changes
+             else ""))
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "test":
@@ -92,6 +109,8 @@ def main(argv: list[str]) -> int:
                 print(lab.status_table())
         elif args.command == "bootstrap":
             _bootstrap(inventory)
+        elif args.command == "converge":
+            _converge(inventory, args.check, args.diff)
         elif args.command == "up":
             if inventory.lab is not None:
                 _lab_up(inventory, args.rebuild_image)

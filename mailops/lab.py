@@ -32,9 +32,9 @@ from pathlib import Path
 from mailops import procs
 from mailops.errors import MailopsError
 from mailops.model import Host, Inventory, LabSpec
+from mailops.paths import STATE_ROOT
 from mailops.progress import step, table
 
-STATE_ROOT = Path(os.environ.get("MAILOPS_STATE", "/var/lib/mailops"))
 MIRROR = "http://deb.debian.org/debian/"
 SUITE = "bookworm"
 # What every host has before bootstrap: enough for systemd, SSH and Ansible.
@@ -446,8 +446,11 @@ class Lab:
             run(["ip", "netns", "del", ns])
             self._changed(name, f"network namespace {ns} removed")
         host = next((h for h in self.inventory.hosts if h.name == name), None)
+        # Deleting the namespace takes its veth peer along, asynchronously.
         if host is not None and _link_exists(self.spec.veth(host)):
-            run(["ip", "link", "del", self.spec.veth(host)])
+            res = run(["ip", "link", "del", self.spec.veth(host)], check=False)
+            if res.returncode != 0 and "Cannot find device" not in res.stderr:
+                raise LabError(f"ip link del {self.spec.veth(host)}: {res.stderr.strip()}")
         if hdir.exists():
             shutil.rmtree(hdir)
 

@@ -20,6 +20,7 @@ import yaml
 
 from mailops import ansible_env  # noqa: F401  (must precede ansible imports)
 from mailops.errors import InventoryError, InventoryErrors
+from mailops.paths import vault_password_file
 
 GROUPS = ("lb", "mail", "dns", "external")
 LAB_RANGE = IPv4Network("198.18.0.0/15")
@@ -72,7 +73,10 @@ class Inventory:
     path: Path
     hosts: tuple[Host, ...]
     lab: LabSpec | None = None
+    # Per-host variables as Ansible resolves them, vault_* left out so they
+    # can never end up in a report.
     variables: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
+    vault_password_file: Path | None = None
 
     def group(self, name: str) -> tuple[Host, ...]:
         return tuple(h for h in self.hosts if name in h.groups)
@@ -316,6 +320,24 @@ def load_inventory(path: Path | str) -> Inventory:
     from ansible.vars.manager import VariableManager
 
     loader = DataLoader()
+    inv_dir = file.parent
+    password_file = vault_password_file(inv_dir, lab.name if lab else None)
+    encrypted = [f for f in sorted((inv_dir / "group_vars").rglob("*.yml"))
+                 if f.read_bytes().startswith(b"$ANSIBLE_VAULT")] \
+        if (inv_dir / "group_vars").exists() else []
+    if encrypted:
+        if not password_file.exists():
+            errors.append(InventoryError(
+                encrypted[0], "(file)",
+                f"is encrypted, and the vault password file {password_file} does not exist",
+                "set MAILOPS_VAULT_PASSWORD_FILE to the file holding this vault's password "
+                "(a lab makes its own; delete a lab vault to start its secrets afresh)"))
+            raise InventoryErrors(errors)
+        from ansible.parsing.vault import get_file_vault_secret
+
+        secret = get_file_vault_secret(str(password_file), vault_id="default", loader=loader)
+        secret.load()
+        loader.set_vault_secrets([("default", secret)])
     try:
         inv = InventoryManager(loader=loader, sources=[str(file.parent if path.is_dir() else file)])
     except AnsibleError as exc:
@@ -358,7 +380,7 @@ def load_inventory(path: Path | str) -> Inventory:
         hosts.append(host)
         variables[name] = {k: v for k, v in hv.items()
                            if not k.startswith(("ansible_", "inventory_", "group_names",
-                                                "groups", "omit", "playbook_dir"))}
+                                                "groups", "omit", "playbook_dir", "vault_"))}
     if not any("mail" in h.groups for h in hosts) and not any(
             e.key.startswith(raw.group_keys.get("mail", "~")) for e in errors):
         errors.append(InventoryError(
@@ -367,4 +389,5 @@ def load_inventory(path: Path | str) -> Inventory:
             "add `mail: {hosts: {mail1: {ansible_host: ...}}}` under all.children"))
     if errors:
         raise InventoryErrors(errors)
-    return Inventory(path=file.parent, hosts=tuple(hosts), lab=lab, variables=variables)
+    return Inventory(path=inv_dir, hosts=tuple(hosts), lab=lab, variables=variables,
+                     vault_password_file=password_file)

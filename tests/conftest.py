@@ -36,7 +36,9 @@ def lab_inventory_copy(dest: Path, name: str, net: str, hosts: list[str] | None 
         text = yaml.safe_dump(data, sort_keys=False)
     (dest / "hosts.yml").write_text(text)
     if (src / "group_vars").exists():
-        shutil.copytree(src / "group_vars", dest / "group_vars", dirs_exist_ok=True)
+        # The lab's vault belongs to the lab's password; a copy makes its own.
+        shutil.copytree(src / "group_vars", dest / "group_vars", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("vault.yml"))
     return dest
 
 

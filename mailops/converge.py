@@ -1,0 +1,131 @@
+"""converge: secrets first, then ansible-playbook runs the site playbook.
+
+The vault is completed (generated once, reused on every rebuild) before
+Ansible starts, so the roles always find every secret they need. Progress is
+streamed as task lines; the PLAY RECAP is parsed into a per-host table.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mailops.environment import ROOT, venv_bin
+from mailops.errors import MailopsError
+from mailops.mailmodel import MailModel, load_mail_model
+from mailops.model import Inventory, load_inventory
+from mailops.paths import vault_file
+from mailops.progress import step, table
+
+SITE = ROOT / "mailops" / "playbooks" / "site.yml"
+RECAP_RE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+"
+                      r"failed=(\d+)\s+skipped=(\d+)\s+rescued=(\d+)\s+ignored=(\d+)")
+
+
+@dataclass
+class ConvergeResult:
+    recap: dict[str, dict[str, int]] = field(default_factory=dict)
+    secrets_changes: list[str] = field(default_factory=list)
+    returncode: int = 0
+
+    @property
+    def changed(self) -> int:
+        return sum(r["changed"] for r in self.recap.values())
+
+    @property
+    def failed(self) -> list[str]:
+        return [h for h, r in self.recap.items() if r["failed"] or r["unreachable"]]
+
+    def table(self) -> str:
+        rows = [[h, r["ok"], r["changed"], r["failed"], r["unreachable"]]
+                for h, r in sorted(self.recap.items())]
+        return table(["host", "ok", "changed", "failed", "unreachable"], rows)
+
+
+def ensure_secrets(inventory: Inventory, model: MailModel) -> tuple[Inventory, list[str]]:
+    """Complete the vault; returns the inventory re-read when it changed."""
+    from mailops.secrets import ensure_secrets as _ensure
+    from mailops.secrets import ensure_vault_password_file
+
+    vault = vault_file(inventory.path)
+    password = inventory.vault_password_file
+    if vault.exists() and not password.exists():
+        raise MailopsError(f"{vault}: encrypted with a password file {password} that is gone;"
+                           " set MAILOPS_VAULT_PASSWORD_FILE to it (never make a new one for an"
+                           " existing vault)")
+    ensure_vault_password_file(password)
+    _, changes = _ensure(
+        vault, password, [model.service_name], list(model.domains), model.tls_mode,
+        mailboxes=[m.address for m in model.mailboxes if m.password_hash is None])
+    for change in changes:
+        step("secrets", "-", change)
+    if changes:
+        inventory = load_inventory(inventory.path)
+    return inventory, changes
+
+
+def ansible_env(inventory: Inventory) -> dict[str, str]:
+    env = dict(os.environ)
+    if inventory.lab is not None:
+        from mailops.lab import Lab
+
+        lab = Lab(inventory)
+        # Strict host keys from the lab's known_hosts, the lab's key, and a
+        # persistent control connection so tasks reuse one SSH session.
+        env["ANSIBLE_PRIVATE_KEY_FILE"] = str(lab.ssh_key)
+        env["ANSIBLE_SSH_COMMON_ARGS"] = f"-F {lab.ssh_config}"
+    env.setdefault("ANSIBLE_SSH_ARGS", "-o ControlMaster=auto -o ControlPersist=120s")
+    env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.builtin.profile_tasks"
+    return env
+
+
+def run_playbook(inventory: Inventory, playbook: Path = SITE, check: bool = False,
+                 diff: bool = False, extra: list[str] | None = None) -> ConvergeResult:
+    argv = [venv_bin("ansible-playbook"), "-i", str(inventory.path), str(playbook),
+            "--vault-password-file", str(inventory.vault_password_file)]
+    if check:
+        argv.append("--check")
+    if diff:
+        argv.append("--diff")
+    argv += extra or []
+    result = ConvergeResult()
+    log = []
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=ansible_env(inventory), cwd=ROOT, stdin=subprocess.DEVNULL)
+    in_recap = False
+    for line in proc.stdout:
+        log.append(line)
+        line = line.rstrip()
+        if line.startswith("TASK ["):
+            step("converge", "*", line[6:].split("]")[0])
+        elif line.startswith(("changed: [", "fatal: [", "failed: [")):
+            host = line.split("[", 1)[1].split("]")[0]
+            step("converge", host, line.split(":")[0])
+        elif line.startswith("PLAY RECAP"):
+            in_recap = True
+        elif in_recap and (m := RECAP_RE.match(line)):
+            keys = ("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored")
+            result.recap[m[1]] = dict(zip(keys, map(int, m.groups()[1:]), strict=True))
+    result.returncode = proc.wait()
+    if result.returncode != 0 and not result.failed:
+        tail = "".join(log[-30:])
+        raise MailopsError(f"ansible-playbook failed ({result.returncode}):\n{tail}")
+    if result.failed:
+        # Show the failing tasks' output (Ansible keeps secrets out with no_log).
+        fatal = "".join(ln for ln in log if ln.startswith(("fatal:", "failed:")))
+        raise MailopsError(f"converge failed on {', '.join(result.failed)}:\n{fatal}\n"
+                           "fix the cause and run again: converge is safe to repeat")
+    return result
+
+
+def converge(inventory: Inventory, check: bool = False, diff: bool = False) -> ConvergeResult:
+    model = load_mail_model(inventory)
+    changes: list[str] = []
+    if not check:
+        inventory, changes = ensure_secrets(inventory, model)
+    result = run_playbook(inventory, check=check, diff=diff)
+    result.secrets_changes = changes
+    return result
