@@ -84,3 +84,10 @@ def test_encrypted_vault_without_its_password_is_refused(tmp_path, monkeypatch):
     assert "vault password file" in str(info.value) and "MAILOPS_VAULT_PASSWORD_FILE" in str(
         info.value)
     shutil.rmtree(inv)
+
+
+def test_example_production_inventory_is_valid():
+    inv = load_inventory(ROOT / "inventories" / "example")
+    assert inv.lab is None
+    assert len(inv.group("mail")) == 2
+    assert load_mail_model(inv).service_name == "mail.example.com"
