@@ -249,6 +249,7 @@ class Lab:
             self._ensure_ssh_key()
             self._ensure_bridge()
             self._ensure_apt_proxy(state)
+            self._warm_apt_proxy()
             hosts = self.inventory.hosts
             with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
                 procs_by_host = dict(zip(
@@ -305,6 +306,12 @@ class Lab:
             f"BindAddress={gw}", "Port=3142", f"CacheDir={acng / 'cache'}",
             f"LogDir={acng / 'log'}", f"PidFile={acng / 'run/pid'}",
             f"SocketPath={acng / 'run/socket'}",
+            # apt-cacher-ng races when several clients make it refresh the
+            # same index at once ("Failure to move file ... out of the way"),
+            # answering 503 or closing a connection apt then waits on for
+            # ever. Index files stay fresh for 10 minutes, and are fetched
+            # once, serially, before any host asks (see _warm_apt_proxy).
+            "FreshIndexMaxAge=600",
         ], acng / "console.log")
         deadline = time.monotonic() + 10
         while not _tcp_open(gw, 3142):
@@ -312,6 +319,26 @@ class Lab:
                 raise LabError(f"apt-cacher-ng did not start on {gw}:3142; see {acng}/console.log")
             time.sleep(0.1)
         self._changed("-", f"apt proxy started on {gw}:3142 (pid {state.acng.pid})")
+
+    def _warm_apt_proxy(self) -> None:
+        """Fetch the release indexes through the proxy one at a time."""
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler(
+            {"http": self.spec.apt_proxy_url}))
+        for url in (f"{MIRROR}dists/{SUITE}/InRelease",
+                    f"{MIRROR}dists/{SUITE}-updates/InRelease",
+                    f"http://deb.debian.org/debian-security/dists/{SUITE}-security/InRelease"):
+            for attempt in range(3):
+                try:
+                    with opener.open(url, timeout=30) as resp:
+                        resp.read()
+                    break
+                except OSError as exc:
+                    if attempt == 2:
+                        raise LabError(f"the apt proxy cannot fetch {url}: {exc}; is the "
+                                       "Debian mirror reachable from this machine?") from exc
+                    time.sleep(1)
 
     def _ensure_host(self, host: Host, rootfs: Path, proc: procs.Proc | None) -> procs.Proc:
         ns, veth = self.spec.netns(host), self.spec.veth(host)
