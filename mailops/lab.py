@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -251,12 +252,18 @@ class Lab:
             self._ensure_apt_proxy(state)
             self._warm_apt_proxy()
             hosts = self.inventory.hosts
+            record = threading.Lock()
+
+            def ensure(host: Host) -> None:
+                proc = self._ensure_host(host, rootfs, state.hosts.get(host.name))
+                # Recorded as soon as it runs: if another host fails, this
+                # one is still known, so a re-run keeps it and down ends it.
+                with record:
+                    state.hosts[host.name] = proc
+                    state.save()
+
             with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-                procs_by_host = dict(zip(
-                    [h.name for h in hosts],
-                    pool.map(lambda h: self._ensure_host(h, rootfs, state.hosts.get(h.name)),
-                             hosts), strict=True))
-            state.hosts.update(procs_by_host)
+                list(pool.map(ensure, hosts))
             self._write_ssh_files()
             with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
                 list(pool.map(self._wait_ready, hosts))

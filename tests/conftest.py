@@ -88,3 +88,51 @@ def lab(lab_inventory):
 
 def no_changes_in(output: str) -> re.Match | None:
     return re.search(r"no changes in [0-9.]+ s", output)
+
+
+class MailNode:
+    """A converged mail node as the tests see it: where to connect, the
+    accounts' passwords and the DKIM keys (read from the lab's vault)."""
+
+    def __init__(self, inventory, host, tmp: Path) -> None:
+        from mailops.mailmodel import load_mail_model
+        from mailops.paths import vault_file
+        from mailops.pki import dkim_public_record
+        from mailops.secrets import ensure_secrets
+        from tests.e2e.mailclient import Endpoint
+
+        self.inventory = inventory
+        self.model = load_mail_model(inventory)
+        secrets, changes = ensure_secrets(
+            vault_file(inventory.path), inventory.vault_password_file,
+            [self.model.service_name], list(self.model.domains), self.model.tls_mode,
+            mailboxes=[m.address for m in self.model.mailboxes if m.password_hash is None])
+        assert not changes, f"the converge left secrets to generate: {changes}"
+        self._passwords = {a: v["password"] for a, v in secrets.mailboxes.items()}
+        ca = tmp / "ca.crt"
+        ca.write_text(secrets.ca.cert_pem)
+        self.endpoint = Endpoint(str(host.address), self.model.service_name, ca)
+        sel = self.model.dkim_selector
+        self._dkim = {f"{sel}._domainkey.{d}.".encode(): dkim_public_record(k).encode()
+                      for d, k in secrets.dkim.items()}
+
+    def account(self, address: str) -> tuple[str, str]:
+        return address, self._passwords[address]
+
+    def dkim_dns(self, name: bytes, timeout: int = 5) -> bytes | None:
+        return self._dkim.get(name.lower())
+
+
+@pytest.fixture(scope="session")
+def converged(lab, lab_inventory):
+    """The session lab with the mail service converged on it."""
+    deploy("converge", "-i", str(lab_inventory), timeout=1800)
+    from mailops.model import load_inventory
+
+    return load_inventory(lab_inventory)
+
+
+@pytest.fixture(scope="session")
+def node(converged, tmp_path_factory):
+    """The first mail node, addressed directly."""
+    return MailNode(converged, converged.group("mail")[0], tmp_path_factory.mktemp("node"))
