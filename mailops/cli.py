@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--rebuild-image", action="store_true")
     inv(up)
 
+    expl = sub.add_parser("explain", help="cause and remedy for an SMTP/IMAP/POP3 reply")
+    expl.add_argument("reply", help='the reply text, e.g. "550 5.1.1 User unknown"')
+    expl.add_argument("--json", action="store_true")
+
     test = sub.add_parser("test", help="run the whole test suite (pytest)")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     return p
@@ -89,6 +93,12 @@ def main(argv: list[str]) -> int:
         cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
         os.chdir(ROOT)
         os.execv(sys.executable, cmd)
+    if args.command == "explain":
+        from mailops.explain import explain
+
+        e = explain(args.reply)
+        print(json.dumps(e.to_dict(), indent=2) if args.json else e.text())
+        return 0 if e.known else 3
     try:
         from mailops.model import load_inventory
 
