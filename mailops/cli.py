@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--diff", action="store_true", help="show file differences")
     inv(conv)
 
-    up = sub.add_parser("up", help="the main job: lab (if a lab inventory), bootstrap")
+    up = sub.add_parser("up", help="the main job: lab (if a lab inventory), bootstrap, converge")
     up.add_argument("--rebuild-image", action="store_true")
     inv(up)
 
@@ -125,6 +125,7 @@ def main(argv: list[str]) -> int:
             if inventory.lab is not None:
                 _lab_up(inventory, args.rebuild_image)
             _bootstrap(inventory)
+            _converge(inventory)
     except InventoryErrors as exc:
         print(exc, file=sys.stderr)
         return 2

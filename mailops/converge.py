@@ -78,7 +78,6 @@ def ansible_env(inventory: Inventory) -> dict[str, str]:
         env["ANSIBLE_PRIVATE_KEY_FILE"] = str(lab.ssh_key)
         env["ANSIBLE_SSH_COMMON_ARGS"] = f"-F {lab.ssh_config}"
     env.setdefault("ANSIBLE_SSH_ARGS", "-o ControlMaster=auto -o ControlPersist=120s")
-    env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.builtin.profile_tasks"
     return env
 
 
@@ -99,8 +98,8 @@ def run_playbook(inventory: Inventory, playbook: Path = SITE, check: bool = Fals
     for line in proc.stdout:
         log.append(line)
         line = line.rstrip()
-        if line.startswith("TASK ["):
-            step("converge", "*", line[6:].split("]")[0])
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            step("converge", "*", line.split("[", 1)[1].split("]")[0])
         elif line.startswith(("changed: [", "fatal: [", "failed: [")):
             host = line.split("[", 1)[1].split("]")[0]
             step("converge", host, line.split(":")[0])

@@ -1,0 +1,201 @@
+"""Offline validation: render every mail template from the lab model with the
+roles' own variables (mailops/playbooks/render.yml), then check the result
+with the real tools of the target release (`postfix check`, `doveconf -n`,
+`rspamadm configtest`), so a broken template fails in seconds, before any
+host is touched.
+
+The tools run in a throw-away container (systemd-nspawn, volatile overlay)
+on a Debian 12 image with the mail packages. That image is built once from
+the lab's base image and cached next to it; the first build fetches the
+packages (through MAILOPS_APT_PROXY when set, e.g. a lab's apt-cacher-ng).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mailops import pki
+from mailops.environment import ROOT
+from tests.conftest import lab_inventory_copy
+
+BANNER = "Managed by mailops; local changes are overwritten."
+TEMPLATES = ROOT / "templates"
+MAIL_TEMPLATES = sorted(
+    str(p.relative_to(TEMPLATES))[: -len(".j2")]
+    for sub in ("etc/postfix", "etc/dovecot", "etc/rspamd", "etc/redis")
+    for p in (TEMPLATES / sub).rglob("*.j2")
+)
+VALIDATOR_PACKAGES = ("postfix", "dovecot-core", "dovecot-imapd", "dovecot-pop3d",
+                      "dovecot-lmtpd", "rspamd")
+HOST = "mail1"
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _fake_secrets(model: dict) -> dict:
+    """Stand-ins for the vault, so rendering needs no vault password."""
+    ca = pki.generate_ca("mailops offline test CA")
+    cert = pki.issue_certificate(ca, [model["mailops_service_name"]])
+    return {
+        "vault_tls_ca_cert": ca.cert_pem,
+        "vault_tls_ca_key": ca.key_pem,
+        "vault_tls_cert": cert.cert_pem,
+        "vault_tls_key": cert.key_pem,
+        "vault_dkim_keys": {d: pki.generate_dkim_key(1024) for d in model["mailops_domains"]},
+        "vault_doveadm_password": "offline-test",
+        "vault_mailbox_passwords": {
+            m["address"]: {"password": "x", "hash": "{SHA512-CRYPT}$6$salt$offline"}
+            for m in model["mailops_mailboxes"]},
+    }
+
+
+def render(inventory: Path, dest: Path, extra_vars: Path,
+           *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ANSIBLE_CONFIG": "", "ANSIBLE_NOCOLOR": "1"}
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
+            str(ROOT / "mailops/playbooks/render.yml"), "-e", f"mailops_render_host={HOST}",
+            "-e", f"mailops_render_dir={dest}", "-e", f"@{extra_vars}", *extra]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT,
+                          stdin=subprocess.DEVNULL, timeout=300)
+
+
+# Both ways a node runs: on its own, and behind the balancer (PROXY protocol).
+@pytest.fixture(scope="module", params=[False, True], ids=["direct", "behind-proxy"])
+def rendered(request, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("render")
+    inventory = lab_inventory_copy(tmp / "inv", "offline", "198.18.250", hosts=[HOST, "lb1"])
+    (inventory / "group_vars/all/vault.yml").unlink(missing_ok=True)
+    model = yaml.safe_load((inventory / "group_vars/all/mail.yml").read_text())
+    extra = tmp / "secrets.yml"
+    extra.write_text(yaml.safe_dump(_fake_secrets(model)))
+    extra.chmod(0o600)
+    res = render(inventory, tmp / "root", extra,
+                 "-e", f"mailops_proxy_protocol={str(request.param).lower()}")
+    assert res.returncode == 0, f"render.yml failed:\n{res.stdout[-3000:]}\n{res.stderr[-2000:]}"
+    return tmp / "root"
+
+
+def test_every_mail_template_is_rendered(rendered):
+    missing = [t for t in MAIL_TEMPLATES if not (rendered / t).is_file()]
+    assert not missing, f"render.yml does not render {missing}; add them to its list"
+
+
+def test_every_template_starts_with_the_banner(rendered):
+    for name in MAIL_TEMPLATES:
+        first = (rendered / name).read_text().splitlines()[0]
+        assert BANNER in first, f"{name}: first line is {first!r}"
+
+
+def test_no_secret_in_a_configuration_file(rendered):
+    """Secrets live in their own files (key, users, doveadm); the configs only
+    point at them."""
+    for name in MAIL_TEMPLATES:
+        if name == "etc/dovecot/users":
+            continue
+        text = (rendered / name).read_text()
+        assert "PRIVATE KEY" not in text and "offline-test" not in text, name
+
+
+# ---------------------------------------------------------------- validator
+
+
+def _apt_proxy_env() -> list[str]:
+    proxy = os.environ.get("MAILOPS_APT_PROXY")
+    return [f"--setenv=http_proxy={proxy}"] if proxy else []
+
+
+def _nspawn(root: Path, *argv: str, volatile: bool = True, extra: list[str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    cmd = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit",
+           f"--machine=mailops-check-{os.getpid()}", "-D", str(root)]
+    if volatile:
+        cmd.append("--volatile=overlay")  # every write is thrown away
+    cmd += (extra or []) + ["--", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def validator_root() -> Path:
+    """A Debian 12 root with the mail packages, built once and cached."""
+    if os.geteuid() != 0 or shutil.which("systemd-nspawn") is None:
+        pytest.skip("offline validation runs the tools in systemd-nspawn (needs root)")
+    from mailops.lab import STATE_ROOT, ensure_image
+
+    base, _ = ensure_image()
+    digest = hashlib.sha256(f"{base}|{' '.join(VALIDATOR_PACKAGES)}".encode()).hexdigest()[:10]
+    final = STATE_ROOT / "images" / f"validate-{digest}"
+    if (final / "complete").exists():
+        return final / "rootfs"
+    tmp = final.parent / f".build-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(tmp / "rootfs")], check=True)
+    script = ("apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+              f"--no-install-recommends {' '.join(VALIDATOR_PACKAGES)}")
+    res = _nspawn(tmp / "rootfs", "sh", "-c", script, volatile=False, timeout=900,
+                  extra=["--resolv-conf=copy-host", *_apt_proxy_env()])
+    if res.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        pytest.fail(f"could not build the validator image:\n{res.stdout[-2000:]}{res.stderr}")
+    (tmp / "complete").write_text("ok\n")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final / "rootfs"
+
+
+def check(root: Path, rendered: Path, command: str) -> subprocess.CompletedProcess:
+    """Lay the rendered files over / in a throw-away container, then run command."""
+    script = ("set -e; useradd --uid 5000 --home-dir /var/vmail --no-create-home vmail; "
+              "cp -a /render/. /; chown -R _rspamd: /var/lib/rspamd/dkim; " + command)
+    return _nspawn(root, "sh", "-c", script, extra=[f"--bind-ro={rendered}:/render"])
+
+
+POSTFIX_CHECK = "postfix check && postconf -n >/dev/null && postconf -M >/dev/null"
+
+
+def _postfix_problems(res: subprocess.CompletedProcess) -> str:
+    """Output lines that are errors or warnings (unused or unknown parameters)."""
+    lines = (res.stdout + res.stderr).splitlines()
+    bad = [ln for ln in lines if "warning" in ln or "fatal" in ln or "error" in ln]
+    return "\n".join(bad) if bad or res.returncode == 0 else "\n".join(lines)
+
+
+def test_postfix_check(validator_root, rendered):
+    res = check(validator_root, rendered, POSTFIX_CHECK)
+    assert res.returncode == 0 and not _postfix_problems(res), res.stdout + res.stderr
+
+
+def test_doveconf(validator_root, rendered):
+    res = check(validator_root, rendered, "doveconf -n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    proxied = "smtpd_upstream_proxy_protocol" in (rendered / "etc/postfix/master.cf").read_text()
+    assert ("haproxy = yes" in res.stdout) == proxied
+    # TLSv1.2 is also Dovecot 2.3's default minimum, so -n does not print it.
+    assert "ssl = required" in res.stdout and "disable_plaintext_auth" not in res.stdout
+
+
+def test_rspamadm_configtest(validator_root, rendered):
+    res = check(validator_root, rendered, "rspamadm configtest")
+    assert res.returncode == 0 and "syntax OK" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_broken_file_fails_validation(validator_root, rendered, tmp_path):
+    """The check is real: a misspelt parameter in main.cf fails it."""
+    broken = tmp_path / "root"
+    shutil.copytree(rendered, broken, symlinks=True)
+    main_cf = broken / "etc/postfix/main.cf"
+    main_cf.write_text(main_cf.read_text().replace("smtpd_tls_auth_only = yes",
+                                                   "smtpd_tls_auth_onyl = yes"))
+    res = check(validator_root, broken, POSTFIX_CHECK)
+    assert "smtpd_tls_auth_onyl" in _postfix_problems(res)
