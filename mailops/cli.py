@@ -122,6 +122,9 @@ def main(argv: list[str]) -> int:
         elif args.command == "converge":
             _converge(inventory, args.check, args.diff)
         elif args.command == "up":
+            from mailops.mailmodel import load_mail_model
+
+            load_mail_model(inventory)  # all input checked before any host is touched
             if inventory.lab is not None:
                 _lab_up(inventory, args.rebuild_image)
             _bootstrap(inventory)
