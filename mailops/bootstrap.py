@@ -81,7 +81,10 @@ def _add_operations(state, inventory: Inventory) -> None:
                    host=pyhost, path=proxy_file, present=False)
         add_op(state, apt.packages, name="Install python3, python3-apt and chrony",
                host=pyhost, packages=PACKAGES, update=True, cache_time=24 * 3600,
-               no_recommends=True, _retries=2, _timeout=600)
+               no_recommends=True, _retries=2, _timeout=600,
+               # One host at a time: apt-cacher-ng races when several hosts make
+               # it refresh the same index at once, and apt then hangs.
+               _serial=True)
         add_op(state, files.put, name="Configure chrony's time servers", host=pyhost,
                src=StringIO(render("etc/chrony/chrony.conf.j2", ntp_servers=host.ntp_servers)),
                dest="/etc/chrony/chrony.conf", mode="644")

@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--diff", action="store_true", help="show file differences")
     inv(conv)
 
+    dns = sub.add_parser("dns", help="the mail domains' DNS records: plan (a dry run) or apply")
+    dns.add_argument("action", choices=["plan", "apply"])
+    dns.add_argument("--force", action="store_true",
+                     help="apply even a plan that changes more than the safe share of a zone")
+    dns.add_argument("--json", action="store_true", help="the plan or result as JSON")
+    inv(dns)
+
     up = sub.add_parser("up", help="the main job: lab (if a lab inventory), bootstrap, converge")
     up.add_argument("--rebuild-image", action="store_true")
     inv(up)
@@ -121,6 +128,10 @@ def main(argv: list[str]) -> int:
             _bootstrap(inventory)
         elif args.command == "converge":
             _converge(inventory, args.check, args.diff)
+        elif args.command == "dns":
+            from mailops.dnsdeploy import command
+
+            print(command(inventory, args.action, force=args.force, as_json=args.json))
         elif args.command == "up":
             from mailops.mailmodel import load_mail_model
 

@@ -47,6 +47,7 @@ class ConvergeResult:
 
 def ensure_secrets(inventory: Inventory, model: MailModel) -> tuple[Inventory, list[str]]:
     """Complete the vault; returns the inventory re-read when it changed."""
+    from mailops.dnsdeploy import wanted_secrets
     from mailops.secrets import ensure_secrets as _ensure
     from mailops.secrets import ensure_vault_password_file
 
@@ -59,7 +60,8 @@ def ensure_secrets(inventory: Inventory, model: MailModel) -> tuple[Inventory, l
     ensure_vault_password_file(password)
     _, changes = _ensure(
         vault, password, [model.service_name], list(model.domains), model.tls_mode,
-        mailboxes=[m.address for m in model.mailboxes if m.password_hash is None])
+        mailboxes=[m.address for m in model.mailboxes if m.password_hash is None],
+        extra_wanted=wanted_secrets(inventory))
     for change in changes:
         step("secrets", "-", change)
     if changes:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -332,6 +333,7 @@ def _complete_tls(
 def _complete(
     current: Secrets, names: list[str], domains: list[str], tls_mode: str,
     mailboxes: list[str] = (),
+    extra_wanted: Mapping[str, Callable[[], str]] | None = None,
 ) -> tuple[Secrets, list[str]]:
     changes: list[str] = []
     ca, cert = current.ca, current.service_cert
@@ -354,8 +356,13 @@ def _complete(
             password = pki.random_password(24)
             boxes[address] = {"password": password, "hash": pki.dovecot_sha512_crypt(password)}
             changes.append(f"generated password for mailbox {address}")
+    extra = dict(current.extra)
+    for key, make in sorted((extra_wanted or {}).items()):
+        if not extra.get(key):
+            extra[key] = make()
+            changes.append(f"generated {V_EXTRA}.{key}")
     new = replace(current, ca=ca, service_cert=cert, dkim=dkim, doveadm_password=doveadm,
-                  mailboxes=boxes)
+                  mailboxes=boxes, extra=extra)
     return new, changes
 
 
@@ -435,8 +442,12 @@ def ensure_secrets(
     domains: list[str],
     tls_mode: str = "internal",
     mailboxes: list[str] = (),
+    extra_wanted: Mapping[str, Callable[[], str]] | None = None,
 ) -> tuple[Secrets, list[str]]:
     """Load the vault, add only what is missing, save if anything was added.
+
+    extra_wanted: `extra` entries to generate when absent (key -> generator),
+    e.g. {"tsig_mailops": new_tsig_secret}; an existing entry is never replaced.
 
     Returns the secrets and human-readable changes (names only, never
     secret text); an empty list means the file was not touched.
@@ -450,7 +461,13 @@ def ensure_secrets(
     vault = _vault(Path(vault_password_file))
     raw, current = _load(vault_file, vault)
     new, changes = _complete(current, names, _normalize(domains, "domains"), tls_mode,
-                             [m.lower() for m in mailboxes])
+                             [m.lower() for m in mailboxes], extra_wanted)
     if changes:
         _save(vault_file, vault, raw, new)
     return new, changes
+
+
+def load_secrets(vault_file: Path, vault_password_file: Path) -> Secrets:
+    """What the vault holds now, read only: nothing is generated or written
+    (a missing vault reads as empty). For dry runs such as `dns plan`."""
+    return _load(Path(vault_file).resolve(), _vault(Path(vault_password_file)))[1]
