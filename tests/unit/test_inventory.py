@@ -143,10 +143,14 @@ def test_bad_inventory_touches_no_host(tmp_path):
 
 def test_ansible_sees_the_same_hosts():
     """ansible-inventory (Ansible's own reader) lists exactly the model's hosts."""
-    exe = shutil.which("ansible-inventory", path=str(Path(sys.executable).parent))
-    res = subprocess.run([exe, "-i", str(LAB), "--list"], capture_output=True, text=True,
-                         check=True)
     import json
 
+    model = load_inventory(LAB)
+    exe = shutil.which("ansible-inventory", path=str(Path(sys.executable).parent))
+    argv = [exe, "-i", str(LAB), "--list"]
+    if model.vault_password_file.exists():  # after `deploy.py up`, the lab has its vault
+        argv += ["--vault-password-file", str(model.vault_password_file)]
+    res = subprocess.run(argv, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
     listed = set(json.loads(res.stdout)["_meta"]["hostvars"])
-    assert listed == {h.name for h in load_inventory(LAB).hosts}
+    assert listed == {h.name for h in model.hosts}
