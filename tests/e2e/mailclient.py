@@ -112,39 +112,46 @@ def message(sender: str, to: list[str], subject: str | None = None, body: str = 
     return msg
 
 
+def _poll(find, what: str, timeout: float) -> bytes:
+    """Call find() until it returns a message: delivery is asynchronous."""
+    deadline = time.monotonic() + timeout
+    while (raw := find()) is None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} after {timeout} s")
+        time.sleep(0.5)
+    return raw
+
+
 def wait_imap(ep: Endpoint, user: str, password: str, subject: str,
               timeout: float = 30) -> bytes:
     """The raw message with this subject from INBOX, waiting for delivery."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def find() -> bytes | None:
         conn = ep.imap(user, password)
         try:
             conn.select("INBOX")
             _, data = conn.search(None, "SUBJECT", f'"{subject}"')
             ids = data[0].split()
-            if ids:
-                _, fetched = conn.fetch(ids[-1], "(RFC822)")
-                return fetched[0][1]
+            return conn.fetch(ids[-1], "(RFC822)")[1][0][1] if ids else None
         finally:
             conn.logout()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{subject!r} not in {user}'s INBOX after {timeout} s")
-        time.sleep(0.5)
+
+    return _poll(find, f"{subject!r} not in {user}'s INBOX", timeout)
 
 
 def wait_pop3(ep: Endpoint, user: str, password: str, subject: str,
               timeout: float = 30) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The raw message with this subject from the POP3 drop, waiting for delivery."""
+
+    def find() -> bytes | None:
         conn = ep.pop3(user, password)
         try:
-            count = len(conn.list()[1])
-            for i in range(count, 0, -1):
+            for i in range(len(conn.list()[1]), 0, -1):
                 raw = b"\r\n".join(conn.retr(i)[1])
                 if email.message_from_bytes(raw)["Subject"] == subject:
                     return raw
+            return None
         finally:
             conn.quit()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{subject!r} not in {user}'s POP3 drop after {timeout} s")
-        time.sleep(0.5)
+
+    return _poll(find, f"{subject!r} not in {user}'s POP3 drop", timeout)
