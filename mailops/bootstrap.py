@@ -139,11 +139,9 @@ def bootstrap(inventory: Inventory) -> BootstrapResult:
     state.set_stage(StateStage.Disconnect)
     disconnect_all(state)
     for pyhost in pyinv:
-        metas = [meta for op_hash, meta in state.ops[pyhost].items()] if pyhost in state.ops else []
-        ops = len(metas)
-        changed = sum(1 for m in metas
-                      if m.operation_meta.is_complete() and m.operation_meta.did_change())
-        result.per_host[pyhost.name] = (ops, changed)
+        metas = [m.operation_meta for m in state.ops.get(pyhost, {}).values()]
+        changed = sum(1 for m in metas if m.is_complete() and m.did_change())
+        result.per_host[pyhost.name] = (len(metas), changed)
         if pyhost in state.failed_hosts and pyhost.name not in result.failed:
             result.failed.append(pyhost.name)
     return result

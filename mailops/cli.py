@@ -58,16 +58,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _summary(what: str, changes: int, started: float, extra: str = "") -> str:
+    """The closing line of a step; tests read "no changes in N s" from it."""
+    verdict = f"{changes} change(s)" if changes else "no changes"
+    return f"{what}: {verdict} in {time.monotonic() - started:.1f} s{extra}"
+
+
 def _lab_up(inventory, rebuild: bool) -> None:
     from mailops.lab import Lab
 
     lab = Lab(inventory)
     t0 = time.monotonic()
     changes = lab.up(rebuild_image=rebuild)
-    took = time.monotonic() - t0
     print(lab.status_table())
-    verdict = f"{len(changes)} change(s)" if changes else "no changes"
-    print(f"\nlab up: {verdict} in {took:.1f} s; SSH: ssh -F {lab.ssh_config} <host>")
+    print("\n" + _summary("lab up", len(changes), t0,
+                          f"; SSH: ssh -F {lab.ssh_config} <host>"))
 
 
 def _bootstrap(inventory) -> None:
@@ -76,8 +81,7 @@ def _bootstrap(inventory) -> None:
     t0 = time.monotonic()
     result = bootstrap(inventory)
     print(result.table())
-    verdict = f"{result.changed} change(s)" if result.changed else "no changes"
-    print(f"\nbootstrap: {verdict} in {time.monotonic() - t0:.1f} s")
+    print("\n" + _summary("bootstrap", result.changed, t0))
     if result.failed:
         raise MailopsError(f"bootstrap failed on: {', '.join(result.failed)}")
 
@@ -88,10 +92,9 @@ def _converge(inventory, check: bool = False, diff: bool = False) -> None:
     t0 = time.monotonic()
     result = converge(inventory, check=check, diff=diff)
     print(result.table())
-    verdict = f"{result.changed} change(s)" if result.changed else "no changes"
-    print(f"\nconverge: {verdict} in {time.monotonic() - t0:.1f} s"
-          + (f"; secrets: {len(result.secrets_changes)} generated" if result.secrets_changes
-             else ""))
+    secrets = len(result.secrets_changes)
+    print("\n" + _summary("converge", result.changed, t0,
+                          f"; secrets: {secrets} generated" if secrets else ""))
 
 
 def main(argv: list[str]) -> int:

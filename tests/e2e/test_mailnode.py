@@ -201,15 +201,11 @@ def test_gtube_is_rejected_as_spam_554_5_7_1(node):
 
 
 def test_second_converge_changes_nothing_and_logs_no_secret(node, lab_inventory):
-    from mailops.paths import vault_file
-    from mailops.secrets import ensure_secrets
     from tests.conftest import ROOT, deploy, no_changes_in
 
     res = deploy("converge", "-i", str(lab_inventory), timeout=900)
     assert no_changes_in(res.stdout), res.stdout[-3000:]
-    secrets, _ = ensure_secrets(
-        vault_file(node.inventory.path), node.inventory.vault_password_file,
-        [node.model.service_name], list(node.model.domains), node.model.tls_mode)
+    secrets = node.secrets
     needles = [v["password"] for v in secrets.mailboxes.values()] + [secrets.doveadm_password]
     for pem in [*secrets.dkim.values(), secrets.service_cert.key_pem, secrets.ca.key_pem]:
         needles += [line for line in pem.splitlines() if "-----" not in line][1:3]
