@@ -25,6 +25,9 @@ _DEFAULTS = {
     "ANSIBLE_NOCOLOR": "1",
     "ANSIBLE_RETRY_FILES_ENABLED": "False",
     "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
+    # Records every task result for `plan` (diffs) and the benchmarks (times).
+    "ANSIBLE_CALLBACK_PLUGINS": str(ROOT / "mailops" / "ansible_plugins" / "callback"),
+    "ANSIBLE_CALLBACKS_ENABLED": "mailops_record",
 }
 
 

@@ -45,9 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     dns.add_argument("--json", action="store_true", help="the plan or result as JSON")
     inv(dns)
 
-    up = sub.add_parser("up", help="the main job: lab (if a lab inventory), bootstrap, converge")
+    up = sub.add_parser("up", help="the main job: lab (if a lab inventory), bootstrap, converge, "
+                                   "DNS publish, verify, and how to connect")
     up.add_argument("--rebuild-image", action="store_true")
+    up.add_argument("--json", action="store_true",
+                    help="the summary as JSON on stdout (progress stays on stderr)")
     inv(up)
+
+    pl = sub.add_parser("plan", help="what up would change (Ansible check mode with diffs, "
+                                     "the DNS plan); changes nothing")
+    pl.add_argument("--json", action="store_true")
+    inv(pl)
 
     expl = sub.add_parser("explain", help="cause and remedy for an SMTP/IMAP/POP3 reply")
     expl.add_argument("reply", help='the reply text, e.g. "550 5.1.1 User unknown"')
@@ -97,6 +105,24 @@ def _converge(inventory, check: bool = False, diff: bool = False) -> None:
                           f"; secrets: {secrets} generated" if secrets else ""))
 
 
+def _up(inventory, rebuild: bool, as_json: bool) -> int:
+    import contextlib
+
+    from mailops.up import up
+
+    t0 = time.monotonic()
+    # With --json, stdout carries only the JSON: anything else goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr if as_json else sys.stdout):
+        result = up(inventory, rebuild_image=rebuild)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.text())
+        print("\n" + _summary("up", result.changes, t0,
+                               "" if result.verify.ok else "; VERIFY FAILED (see above)"))
+    return 0 if result.verify.ok else 1
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "test":
@@ -136,13 +162,17 @@ def main(argv: list[str]) -> int:
 
             print(command(inventory, args.action, force=args.force, as_json=args.json))
         elif args.command == "up":
-            from mailops.mailmodel import load_mail_model
+            return _up(inventory, args.rebuild_image, args.json)
+        elif args.command == "plan":
+            from mailops.up import plan
 
-            load_mail_model(inventory)  # all input checked before any host is touched
-            if inventory.lab is not None:
-                _lab_up(inventory, args.rebuild_image)
-            _bootstrap(inventory)
-            _converge(inventory)
+            t0 = time.monotonic()
+            result = plan(inventory)
+            if args.json:
+                print(json.dumps(result.to_dict(), indent=2))
+            else:
+                print(result.text())
+                print("\n" + _summary("plan", result.changes, t0, "; nothing was changed"))
     except InventoryErrors as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -7,9 +7,11 @@ streamed as task lines; the PLAY RECAP is parsed into a per-host table.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,12 @@ class ConvergeResult:
     recap: dict[str, dict[str, int]] = field(default_factory=dict)
     secrets_changes: list[str] = field(default_factory=list)
     returncode: int = 0
+    # Every task result (host, task, role, handler, status, changed, seconds,
+    # diff), from the mailops_record callback.
+    tasks: list[dict] = field(default_factory=list)
+
+    def changed_tasks(self) -> list[dict]:
+        return [t for t in self.tasks if t["changed"]]
 
     @property
     def changed(self) -> int:
@@ -94,8 +102,32 @@ def run_playbook(inventory: Inventory, playbook: Path = SITE, check: bool = Fals
     argv += extra or []
     result = ConvergeResult()
     log = []
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=ansible_env(inventory), cwd=ROOT, stdin=subprocess.DEVNULL)
+    env = ansible_env(inventory)
+    fd, record_name = tempfile.mkstemp(prefix="mailops-tasks-", suffix=".jsonl")
+    os.close(fd)
+    env["MAILOPS_RECORD_FILE"] = record_name
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, cwd=ROOT, stdin=subprocess.DEVNULL)
+        _follow(proc, result, log)
+        text = Path(record_name).read_text()
+    finally:
+        os.unlink(record_name)
+    result.tasks = [json.loads(line) for line in text.splitlines() if line.strip()]
+    result.returncode = proc.wait()
+    if result.returncode != 0 and not result.failed:
+        tail = "".join(log[-30:])
+        raise MailopsError(f"ansible-playbook failed ({result.returncode}):\n{tail}")
+    if result.failed:
+        # Show the failing tasks' output (Ansible keeps secrets out with no_log).
+        fatal = "".join(ln for ln in log if ln.startswith(("fatal:", "failed:")))
+        raise MailopsError(f"converge failed on {', '.join(result.failed)}:\n{fatal}\n"
+                           "fix the cause and run again: converge is safe to repeat")
+    return result
+
+
+def _follow(proc: subprocess.Popen, result: ConvergeResult, log: list[str]) -> None:
+    """Stream progress from ansible-playbook's output and parse its recap."""
     in_recap = False
     for line in proc.stdout:
         log.append(line)
@@ -110,16 +142,6 @@ def run_playbook(inventory: Inventory, playbook: Path = SITE, check: bool = Fals
         elif in_recap and (m := RECAP_RE.match(line)):
             keys = ("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored")
             result.recap[m[1]] = dict(zip(keys, map(int, m.groups()[1:]), strict=True))
-    result.returncode = proc.wait()
-    if result.returncode != 0 and not result.failed:
-        tail = "".join(log[-30:])
-        raise MailopsError(f"ansible-playbook failed ({result.returncode}):\n{tail}")
-    if result.failed:
-        # Show the failing tasks' output (Ansible keeps secrets out with no_log).
-        fatal = "".join(ln for ln in log if ln.startswith(("fatal:", "failed:")))
-        raise MailopsError(f"converge failed on {', '.join(result.failed)}:\n{fatal}\n"
-                           "fix the cause and run again: converge is safe to repeat")
-    return result
 
 
 def converge(inventory: Inventory, check: bool = False, diff: bool = False) -> ConvergeResult:

@@ -264,7 +264,7 @@ def wanted_secrets(inventory: Inventory) -> dict[str, Callable[[], str]]:
     return {TSIG_PREFIX + name: new_tsig_secret}
 
 
-def _read_secrets(inventory: Inventory):
+def read_secrets(inventory: Inventory):
     """The vault as it is, read only."""
     from mailops.secrets import load_secrets
 
@@ -301,7 +301,7 @@ def ensure_tsig(inventory: Inventory) -> TsigKey:
     from mailops.converge import ensure_secrets
 
     inventory, _ = ensure_secrets(inventory, load_mail_model(inventory))
-    return tsig_key(inventory, _read_secrets(inventory))
+    return tsig_key(inventory, read_secrets(inventory))
 
 
 # --- desired records ----------------------------------------------------------
@@ -376,7 +376,7 @@ def provider_for(inventory: Inventory, cfg: DnsSettings | None = None,
     if cfg.provider == "rfc2136":
         from mailops.dns.providers.rfc2136 import Rfc2136Provider
 
-        secrets = secrets if secrets is not None else _read_secrets(inventory)
+        secrets = secrets if secrets is not None else read_secrets(inventory)
         return Rfc2136Provider(cfg.rfc2136_server, cfg.rfc2136_port,
                                key=tsig_key(inventory, secrets, cfg))
     if cfg.provider == "route53":
@@ -412,7 +412,7 @@ class _Planned:
 def _plan_all(inventory: Inventory) -> _Planned:
     cfg = settings(inventory)
     model = load_mail_model(inventory)
-    secrets = _read_secrets(inventory)
+    secrets = read_secrets(inventory)
     desired = desired_for(inventory, model, secrets, cfg)
     provider = provider_for(inventory, cfg, secrets)
     plans, reads = [], []

@@ -22,3 +22,10 @@ def vault_password_file(inventory_dir: Path, lab_name: str | None) -> Path:
     if lab_name:
         return STATE_ROOT / "labs" / lab_name / "vault-pass"
     return Path.home() / ".config" / "mailops" / f"{inventory_dir.resolve().name}.vault-pass"
+
+
+def ca_file(inventory_dir: Path, lab_name: str | None) -> Path:
+    """Where the deployment's CA certificate is written for clients (public)."""
+    if lab_name:
+        return STATE_ROOT / "labs" / lab_name / "ca.crt"
+    return STATE_ROOT / "ca" / f"{inventory_dir.resolve().name}.crt"

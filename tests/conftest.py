@@ -95,11 +95,11 @@ class MailNode:
     accounts' passwords and the DKIM keys (read from the lab's vault)."""
 
     def __init__(self, inventory, host, tmp: Path) -> None:
+        from mailops.mailclient import Endpoint
         from mailops.mailmodel import load_mail_model
         from mailops.paths import vault_file
         from mailops.pki import dkim_public_record
         from mailops.secrets import load_secrets
-        from tests.e2e.mailclient import Endpoint
 
         self.inventory = inventory
         self.model = load_mail_model(inventory)

@@ -15,7 +15,7 @@ import time
 import dkim
 import pytest
 
-from tests.e2e.mailclient import message, wait_imap, wait_pop3
+from mailops.mailclient import message, wait_imap, wait_pop3
 
 pytestmark = pytest.mark.lab
 

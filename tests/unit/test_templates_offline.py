@@ -30,11 +30,11 @@ BANNER = "Managed by mailops; local changes are overwritten."
 TEMPLATES = ROOT / "templates"
 MAIL_TEMPLATES = sorted(
     str(p.relative_to(TEMPLATES))[: -len(".j2")]
-    for sub in ("etc/postfix", "etc/dovecot", "etc/rspamd", "etc/redis")
+    for sub in ("etc/postfix", "etc/dovecot", "etc/rspamd", "etc/redis", "etc/haproxy")
     for p in (TEMPLATES / sub).rglob("*.j2")
 )
 VALIDATOR_PACKAGES = ("postfix", "dovecot-core", "dovecot-imapd", "dovecot-pop3d",
-                      "dovecot-lmtpd", "rspamd")
+                      "dovecot-lmtpd", "rspamd", "haproxy")
 HOST = "mail1"
 
 
@@ -72,7 +72,8 @@ def render(inventory: Path, dest: Path, extra_vars: Path,
 @pytest.fixture(scope="module", params=[False, True], ids=["direct", "behind-proxy"])
 def rendered(request, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("render")
-    inventory = lab_inventory_copy(tmp / "inv", "offline", "198.18.250", hosts=[HOST, "lb1"])
+    inventory = lab_inventory_copy(tmp / "inv", "offline", "198.18.250",
+                                   hosts=[HOST, "mail2", "lb1"])
     (inventory / "group_vars/all/vault.yml").unlink(missing_ok=True)
     model = yaml.safe_load((inventory / "group_vars/all/mail.yml").read_text())
     extra = tmp / "secrets.yml"
@@ -183,6 +184,32 @@ def test_doveconf(validator_root, rendered):
     assert ("haproxy = yes" in res.stdout) == proxied
     # TLSv1.2 is also Dovecot 2.3's default minimum, so -n does not print it.
     assert "ssl = required" in res.stdout and "disable_plaintext_auth" not in res.stdout
+
+
+def test_doveconf_replicates_with_the_paired_node(validator_root, rendered):
+    res = check(validator_root, rendered, "doveconf -n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "mail_replica = tcp:198.18.250.12:12345" in res.stdout
+    assert "notify replication" in res.stdout
+
+
+def test_haproxy_check(validator_root, rendered):
+    res = check(validator_root, rendered, "haproxy -c -f /etc/haproxy/haproxy.cfg")
+    assert res.returncode == 0, res.stdout + res.stderr
+    cfg = (rendered / "etc/haproxy/haproxy.cfg").read_text()
+    ports = sorted(int(ln.rsplit(":", 1)[1]) for ln in cfg.splitlines()
+                   if ln.strip().startswith("bind "))
+    assert ports == [25, 110, 143, 465, 587, 993, 995]
+    servers = [ln.split()[2] for ln in cfg.splitlines() if ln.strip().startswith("server ")]
+    assert sorted(set(servers)) == ["198.18.250.11:110", "198.18.250.11:143",
+                                    "198.18.250.11:25", "198.18.250.11:465",
+                                    "198.18.250.11:587", "198.18.250.11:993",
+                                    "198.18.250.11:995", "198.18.250.12:110",
+                                    "198.18.250.12:143", "198.18.250.12:25",
+                                    "198.18.250.12:465", "198.18.250.12:587",
+                                    "198.18.250.12:993", "198.18.250.12:995"]
+    proxied = "smtpd_upstream_proxy_protocol" in (rendered / "etc/postfix/master.cf").read_text()
+    assert ("send-proxy-v2" in cfg) == proxied
 
 
 def test_rspamadm_configtest(validator_root, rendered):

@@ -1,5 +1,5 @@
-"""Real protocol clients for end-to-end tests: smtplib, imaplib, poplib over
-TLS that verifies against the deployment's CA and service name."""
+"""Real protocol clients: smtplib, imaplib, poplib over TLS that verifies
+against the deployment's CA and service name (used by verify and the tests)."""
 
 from __future__ import annotations
 
