@@ -211,10 +211,13 @@ def _unified(d: dict) -> str:
     before, after = d.get("before", ""), d.get("after", "")
     if not isinstance(before, str) or not isinstance(after, str):
         return f"{d.get('before_header', '')}: {before!r} -> {after!r}"
+    name = str(d.get("before_header", "before"))
+    after_name = str(d.get("after_header", "after"))
+    if "/.ansible/tmp" in after_name:  # the rendered template's temporary copy
+        after_name = f"{name} (as the inventory wants it)"
     return "".join(difflib.unified_diff(
         before.splitlines(keepends=True), after.splitlines(keepends=True),
-        fromfile=str(d.get("before_header", "before")),
-        tofile=str(d.get("after_header", "after")))).rstrip()
+        fromfile=name, tofile=after_name)).rstrip()
 
 
 def plan(inventory: Inventory) -> PlanResult:

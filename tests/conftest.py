@@ -18,6 +18,7 @@ DEPLOY = [sys.executable, str(ROOT / "deploy.py")]
 TEST_LAB_NAME = "mtest"
 TEST_LAB_NET = "198.18.100"
 TIMINGS: list[tuple[str, float]] = []
+FIRST_UP: list[subprocess.CompletedProcess] = []  # the session's cold `deploy.py up`
 
 
 def lab_inventory_copy(dest: Path, name: str, net: str, hosts: list[str] | None = None) -> Path:
@@ -80,10 +81,17 @@ def lab(lab_inventory):
     from mailops.model import load_inventory
 
     inventory = load_inventory(lab_inventory)
-    deploy("lab", "down", "-i", str(lab_inventory))  # a crashed earlier run
-    deploy("up", "-i", str(lab_inventory))
+    # MAILOPS_TEST_KEEP_LAB=1 (for development) reuses a test lab left up
+    # by an earlier run and leaves it up; normally every session starts clean.
+    keep = os.environ.get("MAILOPS_TEST_KEEP_LAB") == "1"
+    if not keep:
+        deploy("lab", "down", "-i", str(lab_inventory))  # a crashed earlier run
+    # The whole main job: lab, bootstrap, converge, DNS, verify.
+    res = deploy("up", "-i", str(lab_inventory), timeout=1800)
+    FIRST_UP.append(res)
     yield Lab(inventory)
-    deploy("lab", "down", "-i", str(lab_inventory), check=False)
+    if not keep:
+        deploy("lab", "down", "-i", str(lab_inventory), check=False)
 
 
 def no_changes_in(output: str) -> re.Match | None:
@@ -127,8 +135,7 @@ class MailNode:
 
 @pytest.fixture(scope="session")
 def converged(lab, lab_inventory):
-    """The session lab with the mail service converged on it."""
-    deploy("converge", "-i", str(lab_inventory), timeout=1800)
+    """The session lab with the mail service deployed on it (`up` converged it)."""
     from mailops.model import load_inventory
 
     return load_inventory(lab_inventory)
@@ -136,5 +143,6 @@ def converged(lab, lab_inventory):
 
 @pytest.fixture(scope="session")
 def node(converged, tmp_path_factory):
-    """The first mail node, addressed directly."""
-    return MailNode(converged, converged.group("mail")[0], tmp_path_factory.mktemp("node"))
+    """The mail service as clients reach it: through the balancer (the nodes
+    take only PROXY protocol connections from it)."""
+    return MailNode(converged, converged.group("lb")[0], tmp_path_factory.mktemp("node"))

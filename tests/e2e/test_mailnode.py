@@ -1,6 +1,7 @@
-"""One mail node does everything MAIL-BASICS.md asks, tested over the
-network with real clients: ports, TLS, AUTH rules, send and read back, DKIM,
-and the standard error replies."""
+"""The mail service does everything MAIL-BASICS.md asks, tested over the
+network with real clients through the balancer (TLS passes through it to the
+nodes): ports, TLS, AUTH rules, send and read back, DKIM, and the standard
+error replies."""
 
 from __future__ import annotations
 
