@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     inv(pl)
 
+    ver = sub.add_parser("verify", help="check the deployed service from outside: ports, TLS, "
+                                        "login rules, relaying, mail path, cluster, DNS")
+    ver.add_argument("--json", action="store_true")
+    inv(ver)
+
     expl = sub.add_parser("explain", help="cause and remedy for an SMTP/IMAP/POP3 reply")
     expl.add_argument("reply", help='the reply text, e.g. "550 5.1.1 User unknown"')
     expl.add_argument("--json", action="store_true")
@@ -163,6 +168,18 @@ def main(argv: list[str]) -> int:
             print(command(inventory, args.action, force=args.force, as_json=args.json))
         elif args.command == "up":
             return _up(inventory, args.rebuild_image, args.json)
+        elif args.command == "verify":
+            from mailops.verify import full
+
+            t0 = time.monotonic()
+            report = full(inventory)
+            if args.json:
+                print(json.dumps({"ok": report.ok, "summary": report.counts(),
+                                  "checks": report.to_list()}, indent=2))
+            else:
+                print(report.table())
+                print(f"\nverify: {report.summary()} in {time.monotonic() - t0:.1f} s")
+            return 0 if report.ok else 1
         elif args.command == "plan":
             from mailops.up import plan
 

@@ -97,6 +97,12 @@ class Service:
 
 def _failure(exc: BaseException, address: str, port: int, front: str) -> tuple[str, str]:
     """cause and remedy for an exception a probe raised."""
+    if isinstance(exc, RelayOpen):
+        return (f"OPEN RELAY: a client that did not log in may send to any domain ({exc}); "
+                "spammers will find it within hours",
+                "remove the setting that lets strangers relay (mynetworks, "
+                "smtpd_relay_restrictions; `postconf -n` on the nodes), then `deploy.py "
+                "converge` restores the managed configuration")
     if isinstance(exc, smtplib.SMTPResponseException):
         text = exc.smtp_error.decode(errors="replace") if isinstance(
             exc.smtp_error, bytes) else str(exc.smtp_error)
@@ -209,8 +215,9 @@ def check_ports(svc: Service, report: Report) -> None:
 
 
 def check_round_trip(svc: Service, report: Report, timeout: float = 60) -> None:
-    """Send from a test account to itself on 587, read it back over IMAP and
-    POP3 (through the balancer, so possibly from the other node), then delete it."""
+    """Send from a test account to itself on 587 and on 465, read both back
+    over IMAP and POP3 (through the balancer, so possibly from the other
+    node), then delete them."""
     if not svc.accounts:
         report.rows.append(Row("send and read back", svc.front, WARN, "no test account",
                                "no test account to send with",
@@ -218,24 +225,95 @@ def check_round_trip(svc: Service, report: Report, timeout: float = 60) -> None:
         return
     ep = svc.endpoint()
     user, password = next(iter(svc.accounts.items()))
-    subject = f"mailops verify {uuid.uuid4().hex[:12]}"
+    run_id = uuid.uuid4().hex[:12]
     target = f"{user} via {svc.address}"
+    sent = []
+    for port in (587, 465):
+        subject = f"mailops verify {run_id} {port}"
 
-    def send() -> str:
-        refused = ep.send(587, user, password, message(user, [user], subject))
-        if refused:
-            raise AssertionError(f"recipients refused: {refused}")
-        return "accepted (250) after STARTTLS and AUTH"
+        def send(port: int = port, subject: str = subject) -> str:
+            refused = ep.send(port, user, password, message(user, [user], subject))
+            if refused:
+                raise AssertionError(f"recipients refused: {refused}")
+            how = "STARTTLS" if port == 587 else "TLS"
+            return f"accepted (250) after {how} and AUTH"
 
-    if not _run(report, "send on 587", target, 587, svc, send):
+        if _run(report, f"send on {port}", target, port, svc, send):
+            sent.append(subject)
+    if not sent:
         return
     t0 = time.monotonic()
     _run(report, "read back over IMAP (993)", target, 993, svc, lambda: (
-        wait_imap(ep, user, password, subject, timeout) and
-        f"found after {time.monotonic() - t0:.1f} s"))
+        all(wait_imap(ep, user, password, s, timeout) for s in sent) and
+        f"{len(sent)} found after {time.monotonic() - t0:.1f} s"))
     _run(report, "read back over POP3 (995)", target, 995, svc, lambda: (
-        wait_pop3(ep, user, password, subject, timeout) and "found"))
-    _delete(ep, user, password, subject)
+        all(wait_pop3(ep, user, password, s, timeout) for s in sent) and
+        f"{len(sent)} found"))
+    for subject in sent:
+        _delete(ep, user, password, subject)
+
+
+def check_security(svc: Service, report: Report) -> None:
+    """No login before TLS on any port; no relaying for strangers."""
+    ep = svc.endpoint()
+
+    def smtp_no_auth(port: int) -> str:
+        with ep.smtp(port) as conn:
+            conn.ehlo()
+            if conn.has_extn("auth"):
+                raise AssertionError(f"AUTH is offered before STARTTLS on {port}: "
+                                     f"{conn.esmtp_features['auth']}")
+            code, msg = conn.docmd("AUTH", "PLAIN AHZlcmlmeQBub3QtYS1wYXNzd29yZA==")
+            if code == 235:
+                raise AssertionError(f"a login before TLS was accepted on {port}")
+            return f"AUTH refused before TLS ({code})"
+
+    def imap_no_login() -> str:
+        conn = ep.imap_plain()
+        try:
+            if "LOGINDISABLED" not in conn.capabilities:
+                raise AssertionError("IMAP 143 allows LOGIN before STARTTLS")
+            return "LOGINDISABLED before STARTTLS"
+        finally:
+            conn.shutdown()
+
+    def pop3_no_login() -> str:
+        conn = ep.pop3_plain()
+        try:
+            try:
+                conn.user("verify@invalid")
+                conn.pass_("not-a-password")
+            except poplib.error_proto as e:
+                return f"login refused before STLS ({e.args[0][:40]!r})"
+            raise AssertionError("POP3 110 accepted a login before STLS")
+        finally:
+            conn.close()
+
+    def no_open_relay() -> str:
+        # RCPT only: nothing is ever sent, whatever the answer.
+        with ep.smtp(25) as conn:
+            conn.ehlo()
+            conn.mail("verify@relay-test.invalid")
+            code, msg = conn.rcpt("relay-test@relay-test.invalid")
+            conn.rset()
+        if 200 <= code < 300:
+            raise RelayOpen(code, msg)
+        return f"refused: {code} {msg.decode(errors='replace')[:40]}"
+
+    target = f"{svc.front} {svc.address}"
+    for port in (25, 587):
+        _run(report, f"no AUTH before TLS on {port}", f"{target}:{port}", port, svc,
+             lambda p=port: smtp_no_auth(p))
+    _run(report, "no login before TLS on 143", f"{target}:143", 143, svc, imap_no_login)
+    _run(report, "no login before TLS on 110", f"{target}:110", 110, svc, pop3_no_login)
+    _run(report, "no open relay", f"{target}:25", 25, svc, no_open_relay)
+
+
+class RelayOpen(Exception):
+    """A stranger's RCPT for a foreign domain was accepted."""
+
+    def __init__(self, code: int, msg: bytes) -> None:
+        super().__init__(f"{code} {msg.decode(errors='replace')}")
 
 
 def _delete(ep: Endpoint, user: str, password: str, subject: str) -> None:
@@ -255,9 +333,28 @@ def _delete(ep: Endpoint, user: str, password: str, subject: str) -> None:
 
 
 def run(svc: Service) -> Report:
+    """The pass `up` ends with: every port through the balancer, a round trip."""
     report = Report()
     check_ports(svc, report)
     check_round_trip(svc, report)
+    return report
+
+
+def full(inventory) -> Report:
+    """`deploy.py verify`: the service as clients and other servers see it,
+    the cluster as the balancer sees it, and the DNS."""
+    from mailops import verify_dns, verify_nodes
+
+    svc = service_for(inventory)
+    report = Report()
+    check_ports(svc, report)
+    check_security(svc, report)
+    check_round_trip(svc, report)
+    verify_nodes.check_balancer_view(inventory, svc, report)
+    verify_nodes.check_replication(inventory, svc, report)
+    verify_nodes.check_node_health(inventory, report)
+    step("verify", "-", "DNS")
+    verify_dns.check_dns(inventory, report)
     return report
 
 

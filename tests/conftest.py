@@ -15,8 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = [sys.executable, str(ROOT / "deploy.py")]
-TEST_LAB_NAME = "mtest"
-TEST_LAB_NET = "198.18.100"
+# The session lab's name and subnet; overridable for development.
+TEST_LAB_NAME = os.environ.get("MAILOPS_TEST_LAB_NAME", "mtest")
+TEST_LAB_NET = os.environ.get("MAILOPS_TEST_LAB_NET", "198.18.100")
 TIMINGS: list[tuple[str, float]] = []
 FIRST_UP: list[subprocess.CompletedProcess] = []  # the session's cold `deploy.py up`
 
