@@ -1,0 +1,116 @@
+"""verify, the mail path with the outside world: inbound from the `external`
+host (another domain's server sends to ours by MX, through the balancer),
+and outbound to it, where its rspamd reports DKIM, SPF and DMARC on receipt
+(Authentication-Results)."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from mailops import remote
+from mailops.mailclient import message, wait_imap
+from mailops.model import Inventory
+from mailops.verify import FAIL, OK, Report, Row, Service, _delete, _run
+
+MAILDIR = "/home/catchall/Maildir"
+
+
+def _queue_reason(inventory: Inventory, host, subject: str) -> str:
+    """Why a message waits in host's queue (Postfix's deferral reason)."""
+    out = remote.run(inventory, host, "postqueue -p | tail -n +2 | head -12").stdout
+    reasons = re.findall(r"^\s+\((.+)\)$", out, re.M)
+    return reasons[0] if reasons else "nothing queued"
+
+
+def check_external(inventory: Inventory, svc: Service, report: Report,
+                   timeout: float = 45) -> None:
+    externals = inventory.group("external")
+    if not externals or not svc.accounts:
+        return
+    ext = externals[0]
+    domain = inventory.variables.get(ext.name, {}).get("mailops_external_domain", "ext.test")
+    user, password = next(iter(svc.accounts.items()))
+    ep = svc.endpoint()
+
+    # Inbound: the other domain's server delivers to us by MX.
+    subject = f"mailops inbound {uuid.uuid4().hex[:10]}"
+    sender = f"probe@{domain}"
+    res = remote.run(inventory, ext, f"printf 'From: {sender}\\nTo: {user}\\nSubject: {subject}"
+                                     f"\\n\\ninbound check\\n' | /usr/sbin/sendmail -f {sender} "
+                                     f"{user}")
+    if res.returncode != 0:
+        report.rows.append(Row(f"inbound from {ext.name}", user, FAIL, "",
+                               f"could not hand the message to Postfix on {ext.name}: "
+                               f"{res.stderr.strip()[:200]}",
+                               f"on {ext.name}: `systemctl status postfix`; `deploy.py "
+                               "converge` sets it up"))
+    else:
+        def inbound() -> str:
+            t0 = time.monotonic()
+            try:
+                wait_imap(ep, user, password, subject, timeout)
+            except AssertionError:
+                raise AssertionError(
+                    f"not delivered within {timeout:.0f} s; {ext.name} says: "
+                    f"{_queue_reason(inventory, ext, subject)}") from None
+            return f"arrived by MX through the balancer in {time.monotonic() - t0:.1f} s"
+
+        _run(report, f"inbound from {ext.name}", f"{sender} -> {user}", 25, svc, inbound)
+        _delete(ep, user, password, subject)
+
+    # Outbound: we deliver to the other domain; its rspamd judges us.
+    subject = f"mailops outbound {uuid.uuid4().hex[:10]}"
+    rcpt = f"verify@{domain}"
+    target = f"{user} -> {rcpt}"
+    if not _run(report, f"send to {domain} on 587", target, 587, svc, lambda: (
+            ep.send(587, user, password, message(user, [rcpt], subject)) == {}
+            and "accepted (250)")):
+        return
+    find = (f"grep -l -F 'Subject: {subject}' {MAILDIR}/new/* 2>/dev/null | head -1 | "
+            "xargs -r sh -c 'cat \"$0\"; rm -f \"$0\"'")
+    raw = ""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        raw = remote.run(inventory, ext, find).stdout
+        if raw:
+            break
+        time.sleep(1)
+    if not raw:
+        reasons = [f"{n.name}: {_queue_reason(inventory, n, subject)}"
+                   for n in inventory.group("mail")]
+        report.rows.append(Row(f"outbound to {ext.name}", target, FAIL, "",
+                               f"not received within {timeout:.0f} s; the nodes' queues: "
+                               + "; ".join(reasons),
+                               "on the nodes: `postqueue -p` and `journalctl -u postfix`; "
+                               f"check that {domain}'s MX resolves from them"))
+        return
+    report.rows.append(Row(f"outbound to {ext.name}", target, OK,
+                           f"received after {time.monotonic() - t0:.1f} s"))
+    results = _auth_results(raw)
+    remedies = {
+        "dkim": "the nodes must sign with the key published in DNS: `deploy.py verify` DKIM "
+                "rows, `deploy.py dns apply`; rspamd must sign (`journalctl -u rspamd`)",
+        "spf": "the SPF record must list the nodes' outbound addresses "
+               "(mailops_dns_spf, `deploy.py dns apply`)",
+        "dmarc": "DMARC passes when DKIM or SPF passes for the From domain: fix those first",
+    }
+    for method in ("dkim", "spf", "dmarc"):
+        got = results.get(method, "none")
+        report.rows.append(Row(f"{method.upper()} on receipt", f"{ext.name} for {user}",
+                               OK if got == "pass" else FAIL, f"{method}={got}",
+                               "" if got == "pass" else
+                               f"{ext.name} judged {method}={got}",
+                               "" if got == "pass" else remedies[method]))
+
+
+def _auth_results(raw: str) -> dict[str, str]:
+    """method -> result from the Authentication-Results header(s)."""
+    unfolded = re.sub(r"\r?\n[ \t]+", " ", raw.split("\n\n", 1)[0])
+    out: dict[str, str] = {}
+    for line in unfolded.splitlines():
+        if line.lower().startswith("authentication-results:"):
+            for method, result in re.findall(r"\b(dkim|spf|dmarc)=(\w+)", line, re.I):
+                out.setdefault(method.lower(), result.lower())
+    return out
