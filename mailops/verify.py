@@ -103,6 +103,9 @@ def _failure(exc: BaseException, address: str, port: int, front: str) -> tuple[s
                 "remove the setting that lets strangers relay (mynetworks, "
                 "smtpd_relay_restrictions; `postconf -n` on the nodes), then `deploy.py "
                 "converge` restores the managed configuration")
+    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
+        code, msg = next(iter(exc.recipients.values()))
+        exc = smtplib.SMTPResponseException(code, msg)
     if isinstance(exc, smtplib.SMTPResponseException):
         text = exc.smtp_error.decode(errors="replace") if isinstance(
             exc.smtp_error, bytes) else str(exc.smtp_error)
@@ -214,7 +217,7 @@ def check_ports(svc: Service, report: Report) -> None:
              lambda p=port, n=proto, t=tls: probe_port(ep, p, n, t))
 
 
-def check_round_trip(svc: Service, report: Report, timeout: float = 60) -> None:
+def check_round_trip(svc: Service, report: Report, timeout: float = 20) -> None:
     """Send from a test account to itself on 587 and on 465, read both back
     over IMAP and POP3 (through the balancer, so possibly from the other
     node), then delete them."""
@@ -343,13 +346,14 @@ def run(svc: Service) -> Report:
 def full(inventory) -> Report:
     """`deploy.py verify`: the service as clients and other servers see it,
     the cluster as the balancer sees it, and the DNS."""
-    from mailops import verify_dns, verify_nodes
+    from mailops import verify_dns, verify_external, verify_nodes
 
     svc = service_for(inventory)
     report = Report()
     check_ports(svc, report)
     check_security(svc, report)
     check_round_trip(svc, report)
+    verify_external.check_external(inventory, svc, report)
     verify_nodes.check_balancer_view(inventory, svc, report)
     verify_nodes.check_replication(inventory, svc, report)
     verify_nodes.check_node_health(inventory, report)

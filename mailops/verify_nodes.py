@@ -169,7 +169,7 @@ def _proxy_probe(inventory: Inventory, lb: Host, node: Host, svc: Service, ca: s
 
 
 def check_replication(inventory: Inventory, svc: Service, report: Report,
-                      timeout: float = 20) -> None:
+                      timeout: float = 15) -> None:
     """A message delivered on one node must appear on its pair."""
     nodes = inventory.group("mail")
     if len(nodes) < 2 or not svc.accounts:

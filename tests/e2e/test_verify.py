@@ -82,7 +82,8 @@ def test_verify_passes_on_the_deployed_cluster(node, lab_inventory):
                   "send on 587", "send on 465", "read back over IMAP (993)",
                   "read back over POP3 (995)", "replication", "in the balancer and healthy",
                   "DNS records as planned", "DKIM key matches the nodes", "SPF lookups",
-                  "mail queue", "quota headroom"):
+                  "mail queue", "quota headroom", "inbound from ext1", "outbound to ext1",
+                  "DKIM on receipt", "SPF on receipt", "DMARC on receipt"):
         assert check in ok, f"{check} missing from the passing rows"
     # The lab's addresses have no reverse zone: PTR is a warning, never a pass.
     assert {c["check"] for c in rows(report, "warn")} == {"PTR of the outbound address"}
