@@ -66,8 +66,13 @@ def ensure_secrets(inventory: Inventory, model: MailModel) -> tuple[Inventory, l
                            " set MAILOPS_VAULT_PASSWORD_FILE to it (never make a new one for an"
                            " existing vault)")
     ensure_vault_password_file(password)
+    from mailops import mtasts
+
+    # The certificate also names the MTA-STS policy hosts the balancer serves.
+    names = [model.service_name, *(mtasts.hosts(model) if mtasts.enabled(model, inventory)
+                                   else [])]
     _, changes = _ensure(
-        vault, password, [model.service_name], list(model.domains), model.tls_mode,
+        vault, password, names, list(model.domains), model.tls_mode,
         mailboxes=[m.address for m in model.mailboxes if m.password_hash is None],
         extra_wanted=wanted_secrets(inventory))
     for change in changes:

@@ -341,9 +341,13 @@ def default_spf(inventory: Inventory, service: tuple[str, ...]) -> str:
 def desired_for(inventory: Inventory, model: MailModel, secrets: Any,
                 cfg: DnsSettings | None = None) -> dict[str, list[Record]]:
     """zone -> the records mailops publishes there."""
+    from mailops import mtasts
+
     cfg = cfg or settings(inventory)
     service = service_addresses(inventory, cfg)
     spf = cfg.spf or default_spf(inventory, service)
+    sts_id = (mtasts.policy_id(mtasts.policy(model)) if mtasts.enabled(model, inventory)
+              else None)
     out: dict[str, list[Record]] = {}
     for domain in model.domains:
         pem = secrets.dkim.get(domain)
@@ -355,7 +359,7 @@ def desired_for(inventory: Inventory, model: MailModel, secrets: Any,
             d = MailDomainDNS(domain=domain, service_name=model.service_name,
                               dkim_selector=model.dkim_selector,
                               dkim_public=pki.dkim_public_record(pem), ipv4=service,
-                              spf=spf, dmarc=cfg.dmarc, ttl=cfg.ttl)
+                              spf=spf, dmarc=cfg.dmarc, ttl=cfg.ttl, mta_sts_id=sts_id)
         except ValueError as e:
             key = "mailops_dns_dmarc" if "DMARC" in str(e) else "mailops_dns_spf"
             raise InventoryErrors([InventoryError(_source(inventory, key), key, str(e),

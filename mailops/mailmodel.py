@@ -44,6 +44,7 @@ class MailModel:
     spam_add_header_score: float
     spam_reject_score: float
     tls_mode: str
+    mta_sts_mode: str = "testing"
 
     def mailbox(self, address: str) -> Mailbox:
         for box in self.mailboxes:
@@ -191,6 +192,12 @@ def load_mail_model(inventory: Inventory) -> MailModel:
     if tls_mode not in TLS_MODES:
         err("mailops_tls_mode", f"{tls_mode!r} is not a TLS mode",
             f"use one of {', '.join(TLS_MODES)}")
+    from mailops.mtasts import MODES as STS_MODES
+
+    mta_sts = hv.get("mailops_mta_sts", "testing")
+    if mta_sts not in STS_MODES:
+        err("mailops_mta_sts", f"{mta_sts!r} is not an MTA-STS mode",
+            f"use one of {', '.join(STS_MODES)}")
 
     if errors:
         raise InventoryErrors(errors)
@@ -198,4 +205,5 @@ def load_mail_model(inventory: Inventory) -> MailModel:
         service_name=service, domains=tuple(domains), dkim_selector=selector,
         mailboxes=tuple(mailboxes), aliases=aliases, message_size_limit=size,
         spam_add_header_score=float(add), spam_reject_score=float(reject), tls_mode=tls_mode,
+        mta_sts_mode=mta_sts,
     )

@@ -359,6 +359,7 @@ def full(inventory) -> Report:
     verify_nodes.check_node_health(inventory, report)
     step("verify", "-", "DNS")
     verify_dns.check_dns(inventory, report)
+    verify_dns.check_mta_sts(inventory, svc, report)
     return report
 
 

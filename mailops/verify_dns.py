@@ -168,3 +168,63 @@ def _check_ptr(inventory: Inventory, res: dns.resolver.Resolver, service_name: s
                                OK if ok else FAIL, ", ".join(names),
                                "" if ok else f"{names[0]} does not resolve back to {address}",
                                "" if ok else f"publish an A record {names[0]} -> {address}"))
+
+
+def _https_get(address: str, host: str, path: str, ca_file) -> tuple[int, str]:
+    """GET over TLS to address, checking the certificate for host."""
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    with socket.create_connection((address, 443), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=host) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.decode(errors="replace").partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def check_mta_sts(inventory: Inventory, svc, report: Report) -> None:
+    """The policy each domain's senders fetch: served over HTTPS with a
+    valid certificate, naming our MX, and the same text whose id is published."""
+    from mailops import mtasts
+    from mailops.mailmodel import load_mail_model
+
+    model = load_mail_model(inventory)
+    if not mtasts.enabled(model, inventory):
+        return
+    want = mtasts.policy(model)
+    for domain in model.domains:
+        host = f"mta-sts.{domain}"
+        target = f"https://{host}/.well-known/mta-sts.txt via {svc.address}"
+        try:
+            status, body = _https_get(svc.address, host, "/.well-known/mta-sts.txt",
+                                      svc.ca_file)
+        except OSError as e:  # ssl errors are OSErrors too
+            report.rows.append(Row("MTA-STS policy", target, FAIL, "",
+                                   f"cannot fetch it: {e}",
+                                   f"the balancer serves it on 443: `systemctl status haproxy` "
+                                   f"on {svc.front}; its certificate must name {host} "
+                                   "(`deploy.py converge`)"))
+            continue
+        fields = dict(ln.split(":", 1) for ln in body.splitlines() if ":" in ln)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        problems = []
+        if status != 200:
+            problems.append(f"HTTP {status}")
+        if fields.get("mx") != model.service_name:
+            problems.append(f"mx is {fields.get('mx')!r}, not {model.service_name}")
+        if fields.get("mode") != model.mta_sts_mode:
+            problems.append(f"mode is {fields.get('mode')!r}, not {model.mta_sts_mode}")
+        if body != want:
+            problems.append("the served text is not the one whose id DNS publishes")
+        if problems:
+            report.rows.append(Row("MTA-STS policy", target, FAIL, "", "; ".join(problems),
+                                   "`deploy.py converge` rewrites the policy on the balancer, "
+                                   "`deploy.py dns apply` its id in _mta-sts TXT"))
+        else:
+            report.rows.append(Row("MTA-STS policy", target, OK,
+                                   f"mode {fields['mode']}, mx {fields['mx']}, id "
+                                   f"{mtasts.policy_id(body)} as published"))

@@ -216,6 +216,12 @@ def desired_records(d: MailDomainDNS) -> list[Record]:
     if d.mta_sts_id is not None:
         out.append(Record(_prefixed("_mta-sts", base), "TXT", d.ttl,
                           (f"v=STSv1; id={d.mta_sts_id}",)))
+        # The policy host, served where the service is (the balancer).
+        if d.ipv4:
+            out.append(Record(_prefixed("mta-sts", base), "A", d.ttl, d.ipv4))
+        if d.ipv6:
+            out.append(Record(_prefixed("mta-sts", base), "AAAA", d.ttl,
+                              tuple(ipaddress.ip_address(ip).compressed for ip in d.ipv6)))
     # RFC 6186 (+ RFC 8314 for submissions): every port the service offers,
     # so clients find STARTTLS and implicit-TLS variants alike.
     for label, port in (("_submission._tcp", 587), ("_submissions._tcp", 465),

@@ -83,7 +83,7 @@ def test_verify_passes_on_the_deployed_cluster(node, lab_inventory):
                   "read back over POP3 (995)", "replication", "in the balancer and healthy",
                   "DNS records as planned", "DKIM key matches the nodes", "SPF lookups",
                   "mail queue", "quota headroom", "inbound from ext1", "outbound to ext1",
-                  "DKIM on receipt", "SPF on receipt", "DMARC on receipt"):
+                  "DKIM on receipt", "SPF on receipt", "DMARC on receipt", "MTA-STS policy"):
         assert check in ok, f"{check} missing from the passing rows"
     # The lab's addresses have no reverse zone: PTR is a warning, never a pass.
     assert {c["check"] for c in rows(report, "warn")} == {"PTR of the outbound address"}

@@ -197,9 +197,10 @@ def test_haproxy_check(validator_root, rendered):
     res = check(validator_root, rendered, "haproxy -c -f /etc/haproxy/haproxy.cfg")
     assert res.returncode == 0, res.stdout + res.stderr
     cfg = (rendered / "etc/haproxy/haproxy.cfg").read_text()
-    ports = sorted(int(ln.rsplit(":", 1)[1]) for ln in cfg.splitlines()
+    ports = sorted(int(ln.split()[1].rsplit(":", 1)[1]) for ln in cfg.splitlines()
                    if ln.strip().startswith("bind "))
-    assert ports == [25, 110, 143, 465, 587, 993, 995]
+    # The seven mail ports, and 443 for the MTA-STS policy.
+    assert ports == [25, 110, 143, 443, 465, 587, 993, 995]
     servers = [ln.split()[2] for ln in cfg.splitlines() if ln.strip().startswith("server ")]
     assert sorted(set(servers)) == ["198.18.250.11:110", "198.18.250.11:143",
                                     "198.18.250.11:25", "198.18.250.11:465",
@@ -210,6 +211,19 @@ def test_haproxy_check(validator_root, rendered):
                                     "198.18.250.12:993", "198.18.250.12:995"]
     proxied = "smtpd_upstream_proxy_protocol" in (rendered / "etc/postfix/master.cf").read_text()
     assert ("send-proxy-v2" in cfg) == proxied
+
+
+def test_mta_sts_policy_is_the_one_whose_id_is_published(rendered):
+    """HAProxy serves the text vars/model.yml writes; DNS publishes the id
+    of the text mailops.mtasts writes: they must be the same text."""
+    from mailops import mtasts
+    from mailops.mailmodel import load_mail_model
+    from mailops.model import load_inventory
+
+    model = load_mail_model(load_inventory(ROOT / "inventories" / "lab"))
+    served = (rendered / "etc/haproxy/mta-sts.txt").read_text()
+    assert served == mtasts.policy(model)
+    assert "mode: testing" in served and f"mx: {model.service_name}" in served
 
 
 def test_rspamadm_configtest(validator_root, rendered):

@@ -188,11 +188,11 @@ def test_half_applied_run_is_completed_by_the_next_plan():
 def test_a_plan_deleting_most_of_the_zone_is_refused_without_force():
     current = published(domain())
     plan = make_plan(ZONE, desired_records(domain())[:2], current, OWNER)
-    assert plan.count("delete") == 12 and plan.existing_count == 14
+    assert plan.count("delete") == 14 and plan.existing_count == 16
     with pytest.raises(UnsafePlanError) as err:
         check_safety(plan)
     message = str(err.value)
-    assert "delete 12 of the 14 records" in message and "--force" in message
+    assert "delete 14 of the 16 records" in message and "--force" in message
     assert "Nothing was applied" in message
     check_safety(plan, force=True)  # allowed when forced
     check_safety(plan, max_share=0.9)  # or under a looser threshold
@@ -201,8 +201,8 @@ def test_a_plan_deleting_most_of_the_zone_is_refused_without_force():
 def test_safety_counts_updates_and_spares_small_zones():
     current = published(domain())
     many = make_plan(ZONE, desired_records(domain(key=1, ttl=60)), current, OWNER)
-    assert many.count("update") == 14
-    with pytest.raises(UnsafePlanError, match="update 14 and delete 0"):
+    assert many.count("update") == 16
+    with pytest.raises(UnsafePlanError, match="update 16 and delete 0"):
         check_safety(many)
     small = [Record(n, "A", 300, ("192.0.2.1",)) for n in ("a", "b", "c")]
     small_zone = applied(make_plan(ZONE, small, [], OWNER))
@@ -230,4 +230,4 @@ def test_plan_prints_as_table_and_json():
     full = next(c for c in data["changes"] if c["type"] == "TXT" and not c["marker"])
     assert full["new"]["values"] == [dkim_public(1)]  # JSON keeps whole values
     empty = make_plan(ZONE, desired_records(domain()), current, OWNER)
-    assert empty.table() == "zone example.test: no changes (14 records owned)"
+    assert empty.table() == "zone example.test: no changes (16 records owned)"

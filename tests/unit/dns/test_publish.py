@@ -40,7 +40,7 @@ def test_unsafe_plan_is_refused_before_anything_is_written(tmp_path):
         publish(p, ZONE, [], "prod", apply=True)
     assert p.path_for(ZONE).read_text() == before
     forced = publish(p, ZONE, [], "prod", apply=True, force=True)
-    assert forced.result is not None and forced.plan.count("delete") == 14
+    assert forced.result is not None and forced.plan.count("delete") == 16
 
 
 def test_domains_are_grouped_by_zone():

@@ -27,7 +27,7 @@ def test_desired_records_of_a_domain_at_its_zone_apex():
         ("mail2025._domainkey", "TXT"), ("_dmarc", "TXT"), ("_mta-sts", "TXT"),
         ("_smtp._tls", "TXT"), ("_submission._tcp", "SRV"), ("_submissions._tcp", "SRV"),
         ("_imap._tcp", "SRV"), ("_imaps._tcp", "SRV"), ("_pop3._tcp", "SRV"),
-        ("_pop3s._tcp", "SRV"),
+        ("_pop3s._tcp", "SRV"), ("mta-sts", "A"), ("mta-sts", "AAAA"),
     }
     assert recs["@", "MX"].values == ("10 mail.example.test.",)
     assert recs["mail", "A"].values == ("192.0.2.25",)
@@ -36,6 +36,9 @@ def test_desired_records_of_a_domain_at_its_zone_apex():
     assert recs["_dmarc", "TXT"].values == (
         "v=DMARC1; p=quarantine; rua=mailto:dmarc-reports@example.test",)
     assert recs["_mta-sts", "TXT"].values == ("v=STSv1; id=20250101T000000",)
+    # The policy host is served where the service is.
+    assert recs["mta-sts", "A"].values == ("192.0.2.25",)
+    assert recs["mta-sts", "AAAA"].values == ("2001:db8::25",)
     assert recs["_smtp._tls", "TXT"].values == (
         "v=TLSRPTv1; rua=mailto:tls-reports@example.test",)
     assert recs["mail2025._domainkey", "TXT"].values == (dkim_public(),)
@@ -56,8 +59,10 @@ def test_domain_below_its_zone_and_service_name_in_another_zone():
                mx_hosts=("mx.provider.test", "20 backup.provider.test"), spf=None,
                dmarc="v=DMARC1; p=reject", tlsrpt_rua="mailto:tls@provider.test", ttl=3600)
     recs = by_key(desired_records(d))
-    # The service name lives elsewhere: its A/AAAA are not ours to publish.
-    assert not [k for k in recs if k[1] in ("A", "AAAA")]
+    # The service name lives elsewhere: its A/AAAA are not ours to publish
+    # (the domain's own MTA-STS policy host is).
+    assert [k for k in recs if k[1] in ("A", "AAAA")] == [("mta-sts.shop", "A"),
+                                                          ("mta-sts.shop", "AAAA")]
     assert recs["shop", "MX"].values == ("10 mx.provider.test.", "20 backup.provider.test.")
     assert recs["_dmarc.shop", "TXT"].values == ("v=DMARC1; p=reject",)
     assert recs["_smtp._tls.shop", "TXT"].values == ("v=TLSRPTv1; rua=mailto:tls@provider.test",)

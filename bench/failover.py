@@ -1,0 +1,297 @@
+"""Failover benchmark: a mail node dies under load; how fast the balancer
+routes around it, and whether any accepted message is lost.
+
+Run from the repository root:  .venv/bin/python bench/failover.py
+
+On its own lab `mfail` (198.18.63.0/24), deployed with `deploy.py up`: a
+client on this machine sends messages through the balancer on 587 (STARTTLS,
+login as alice@example.test, five messages per session, a broken session
+replaced by a new one), at most 300 messages or 90 s. After 60 messages are
+accepted, mail2 is powered off (`systemctl poweroff`). A watcher on lb1
+reads HAProxy's admin socket every 50 ms and notes when mail2 is no longer
+UP in any of the 7 backends. The client stops; mail2 is booted again
+(`Lab.up()`), and once it is UP in the balancer, every message that got a
+250 is looked for in alice's INBOX over IMAP through the balancer (waiting
+for replication), and then on each node alone (the other set to
+maintenance).
+
+Figures: seconds from poweroff to routed around, that divided by the health
+check interval (haproxy__check_inter), and messages lost (must be 0).
+Results: bench/results/failover.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import json
+import re
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import benchlib
+from benchlib import say
+
+LAB = ("mfail", "198.18.63")
+MAX_MESSAGES = 300
+MAX_SECONDS = 90
+POWEROFF_AFTER = 60  # accepted messages before the node is powered off
+USER = "alice@example.test"
+VICTIM = 1  # index in the mail group: mail2
+BACKENDS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+
+WATCH = r'''
+import json, socket, sys, time
+node, limit = sys.argv[1], float(sys.argv[2])
+def states():
+    s = socket.socket(socket.AF_UNIX)
+    s.connect("/run/haproxy/admin.sock")
+    s.sendall(b"show stat\n")
+    data = b""
+    while True:
+        c = s.recv(65536)
+        if not c:
+            break
+        data += c
+    s.close()
+    lines = data.decode().splitlines()
+    hdr = lines[0].lstrip("# ").split(",")
+    rows = [dict(zip(hdr, ln.split(","))) for ln in lines[1:] if ln]
+    return {r["pxname"]: r["status"] for r in rows if r.get("svname") == node}
+print("ready", time.time(), json.dumps(states()), flush=True)
+end = time.time() + limit
+while time.time() < end:
+    st = states()
+    if st and all(not v.startswith("UP") for v in st.values()):
+        print("down", time.time(), json.dumps(st), flush=True)
+        sys.exit(0)
+    time.sleep(0.05)
+print("timeout", time.time(), json.dumps(states()), flush=True)
+sys.exit(1)
+'''
+
+
+def seconds_of(value: str) -> float:
+    """HAProxy time ("2s", "500ms") in seconds."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", str(value).strip())
+    if not m:
+        raise ValueError(f"cannot read the time {value!r}")
+    return float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 0.001}[m.group(2)]
+
+
+def check_inter() -> float:
+    import yaml
+
+    defaults = yaml.safe_load((benchlib.ROOT / "roles/haproxy/defaults/main.yml").read_text())
+    return seconds_of(defaults["haproxy__check_inter"])
+
+
+def states_of(inventory, node: str) -> dict[str, str]:
+    from mailops.verify_nodes import haproxy_states
+
+    return {b: row["status"] for (b, n), row in haproxy_states(
+        inventory, inventory.group("lb")[0]).items() if n == node and b in BACKENDS}
+
+
+def wait_for(fn, timeout: float, what: str, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = fn()
+        except (OSError, RuntimeError, IndexError, imaplib.IMAP4.error):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(every)
+
+
+def inbox_subjects(ep, user: str, password: str, prefix: str) -> set[str]:
+    conn = ep.imap(user, password)
+    try:
+        conn.select("INBOX", readonly=True)
+        _, data = conn.search(None, "SUBJECT", f'"{prefix}"')
+        ids = data[0].split()
+        if not ids:
+            return set()
+        _, fetched = conn.fetch(b",".join(ids), "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        return {part[1].decode().split(":", 1)[1].strip() for part in fetched
+                if isinstance(part, tuple)}
+    finally:
+        conn.logout()
+
+
+def haproxy_cmds(inventory, commands: list[str]) -> None:
+    from mailops import remote
+
+    lb = inventory.group("lb")[0]
+    script = "; ".join(f"echo '{c}' | socat - /run/haproxy/admin.sock" for c in commands)
+    res = remote.run(inventory, lb, script, timeout=30)
+    if res.returncode != 0:
+        raise RuntimeError(f"haproxy admin socket: {res.stderr.strip()}")
+
+
+def only_node(inventory, name: str | None) -> None:
+    """New sessions to one node only (the others in maintenance); None: all."""
+    haproxy_cmds(inventory, [
+        f"set server {b}/{h.name} state {'ready' if name in (None, h.name) else 'maint'}"
+        for b in BACKENDS for h in inventory.group("mail")])
+
+
+def main() -> int:
+    benchlib.setup()
+    benchlib.bound(2400)
+    from mailops.lab import Lab
+    from mailops.mailclient import message
+    from mailops.verify import service_for
+
+    run_id = uuid.uuid4().hex[:8]
+    prefix = f"failover {run_id}"
+    inter = check_inter()
+    with benchlib.own_lab(*LAB) as inv:
+        say("`deploy.py up --json` on the failover lab")
+        summary, _ = benchlib.up_json(inv, timeout=1800)
+        if not summary["verify"]["ok"]:
+            raise RuntimeError(f"up did not verify: {summary['verify']['summary']}")
+        inventory = benchlib.load(inv)
+        lab = Lab(inventory)
+        lb, victim = inventory.group("lb")[0], inventory.group("mail")[VICTIM]
+        svc = service_for(inventory)
+        ep, password = svc.endpoint(), svc.accounts[USER]
+
+        accepted: list[str] = []
+        refused: list[str] = []
+        stop = threading.Event()
+        deadline = time.monotonic() + MAX_SECONDS
+
+        def sender() -> None:
+            conn = None
+            for i in range(MAX_MESSAGES):
+                if stop.is_set() or time.monotonic() > deadline:
+                    break
+                subject = f"{prefix} {i:03d}"
+                try:
+                    if conn is None or i % 5 == 0:
+                        if conn is not None:
+                            with contextlib.suppress(smtplib.SMTPException, OSError):
+                                conn.quit()
+                        conn = ep.smtp_tls(587)
+                        conn.login(USER, password)
+                    bad = conn.send_message(message(USER, [USER], subject))
+                    (refused if bad else accepted).append(subject)
+                except (smtplib.SMTPException, OSError):
+                    refused.append(subject)
+                    conn = None
+            if conn is not None:
+                with contextlib.suppress(smtplib.SMTPException, OSError):
+                    conn.quit()
+
+        say(f"client: up to {MAX_MESSAGES} messages / {MAX_SECONDS} s through "
+            f"{lb.name}:587 as {USER}")
+        thread = threading.Thread(target=sender, daemon=True)
+        t_start = time.monotonic()
+        thread.start()
+        watcher = None
+        try:
+            wait_for(lambda: len(accepted) >= POWEROFF_AFTER, 60,
+                     f"{POWEROFF_AFTER} messages accepted", every=0.2)
+            say(f"{len(accepted)} accepted; starting the watcher on {lb.name}")
+            cmd = ("python3 -c \"$(cat <<'EOF'\n" + WATCH + "\nEOF\n)\" "
+                   f"{victim.name} 60")
+            watcher = subprocess.Popen([*lab.ssh_argv(lb), cmd], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE, text=True)
+            ready = watcher.stdout.readline().split(maxsplit=2)
+            if not ready or ready[0] != "ready":
+                raise RuntimeError(f"the watcher on {lb.name} did not start: {ready}")
+            before = json.loads(ready[2])
+            say(f"powering off {victim.name} (its states now: {sorted(set(before.values()))})")
+            t_off = time.time()
+            accepted_at_off = len(accepted)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # the session dies with it
+                lab.ssh(victim, "systemctl poweroff", timeout=10)
+            seen = watcher.stdout.readline().split(maxsplit=2)
+            watcher.wait(timeout=30)
+            if not seen or seen[0] != "down":
+                raise RuntimeError(f"the balancer did not route around {victim.name}: {seen}")
+            routed = float(seen[1]) - t_off
+            say(f"{victim.name} not UP in any backend {routed:.2f}s after the poweroff "
+                f"({routed / inter:.2f} check intervals)")
+            thread.join(timeout=MAX_SECONDS + 60)
+        finally:
+            stop.set()
+            thread.join(timeout=60)
+            if watcher is not None and watcher.poll() is None:
+                watcher.kill()  # our own ssh child, by its handle
+                watcher.wait(timeout=10)
+        client_seconds = time.monotonic() - t_start
+        say(f"client done: {len(accepted)} accepted, {len(refused)} not accepted, "
+            f"{client_seconds:.1f}s")
+
+        say(f"booting {victim.name} again (Lab.up)")
+        t_boot = time.monotonic()
+        lab.up()
+        wait_for(lambda: (s := states_of(inventory, victim.name)) and len(s) == len(BACKENDS)
+                 and all(v == "UP" for v in s.values()), 120,
+                 f"{victim.name} UP in every backend")
+        back_up = time.monotonic() - t_boot
+        say(f"{victim.name} UP in every backend {back_up:.1f}s after the boot started")
+
+        want = set(accepted)
+        say(f"looking for the {len(want)} accepted messages in {USER}'s INBOX via {lb.name}")
+        found: set[str] = set()
+
+        def all_found() -> bool:
+            found.update(inbox_subjects(ep, USER, password, prefix))
+            return want <= found
+
+        t_find = time.monotonic()
+        with contextlib.suppress(RuntimeError):
+            wait_for(all_found, 180, "every accepted message in the INBOX", every=2)
+        find_seconds = time.monotonic() - t_find
+        lost = sorted(want - found)
+        per_node: dict[str, int] = {}
+        try:
+            for node in inventory.group("mail"):
+                only_node(inventory, node.name)
+                have: set[str] = set()
+
+                def node_has(have=have) -> bool:
+                    have.update(inbox_subjects(ep, USER, password, prefix))
+                    return want <= have
+
+                with contextlib.suppress(RuntimeError):
+                    wait_for(node_has, 120, f"every accepted message on {node.name}", every=2)
+                per_node[node.name] = len(want - have)
+                say(f"{node.name} alone: {per_node[node.name]} accepted message(s) missing")
+        finally:
+            only_node(inventory, None)
+
+    ratio = benchlib.ratio(routed, inter)
+    benchlib.write_results("failover", {
+        "what": "seconds from `systemctl poweroff` of a mail node under load to HAProxy "
+                "having it not UP in every backend, over the health-check interval; and "
+                "messages that got a 250 but are not in the INBOX (must be 0)",
+        "lab": list(LAB),
+        "ratios": {"routed_around_over_check_inter": ratio},
+        "routed_around_seconds": round(routed, 3), "check_inter_seconds": inter,
+        "messages": {"accepted": len(accepted), "not_accepted": len(refused),
+                     "accepted_before_poweroff": accepted_at_off, "lost": len(lost),
+                     "lost_subjects": lost[:50], "missing_per_node": per_node,
+                     "found_after_seconds": round(find_seconds, 1)},
+        "client_seconds": round(client_seconds, 1),
+        "node_back_up_seconds": round(back_up, 1),
+        "states_before": before, "states_routed": json.loads(seen[2])})
+    print(f"failover: routed around {victim.name} in {ratio:.2f} health-check intervals "
+          f"({routed:.2f} s / {inter:g} s); messages lost {len(lost)} of {len(accepted)} "
+          f"accepted ({len(refused)} not accepted, retried by a real client); missing per "
+          f"node {per_node}")
+    return 0 if not lost else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
