@@ -267,6 +267,7 @@ def chart(rows: list[dict], path: Path) -> None:
                     xytext=(0, 3), textcoords="offset points")
     ax.set_xticks(list(x), names)
     ax.set_yscale("log")
+    ax.set_ylim(top=3 * max(max(r["toolkit_seconds"], r["floor_seconds"]) for r in rows))
     ax.set_ylabel("seconds (log scale)")
     ax.set_title("deploy.py up on a fresh lab vs the floor (label: toolkit/floor)")
     ax.legend()

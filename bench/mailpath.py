@@ -105,6 +105,20 @@ def smtp_source(inventory, ext, target: tuple[str, int], subject: str) -> dict:
             "messages_per_second": round(MESSAGES / seconds, 2)}
 
 
+def count_delivered(inventory, node, subject: str, want: int, timeout: float = 180) -> int:
+    """Messages with this subject in the recipient's INBOX on one node (both
+    paths' mail reaches it: directly, or by replication), waiting up to
+    `timeout` for delivery and replication to catch up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = ssh_ok(inventory, node, f"doveadm search -u {RCPT} mailbox INBOX "
+                                      f"subject '{subject}' | wc -l")
+        have = int(out.strip() or 0)
+        if have >= want or time.monotonic() > deadline:
+            return have
+        time.sleep(2)
+
+
 def pct(samples: list[float]) -> dict:
     return {f"p{p}_ms": round(1000 * benchlib.percentile(samples, p), 1) for p in (50, 90, 99)}
 
@@ -155,6 +169,15 @@ def main() -> int:
             if latency["error_count"]:
                 say(f"WARNING: {latency['error_count']} latency session(s) failed: "
                     f"{latency['errors'][:3]}")
+            sent = MESSAGES * len(ROUNDS) + sum(len(v) for v in latency["samples"].values())
+            try:
+                delivered: int | None = count_delivered(inventory, mail1,
+                                                        f"mailpath {run_id}", sent)
+                say(f"{delivered} of {sent} accepted messages in {RCPT}'s INBOX on "
+                    f"{mail1.name}")
+            except (RuntimeError, ValueError) as e:  # a figure missing, not a failed bench
+                delivered = None
+                say(f"WARNING: could not count the delivered messages: {e}")
         finally:
             say(f"{mail1.name}: removing the listener on {DIRECT_PORT}")
             remote.run(inventory, mail1, f"postconf -MX {DIRECT_PORT}/inet && postfix reload",
@@ -182,6 +205,7 @@ def main() -> int:
                                 "direct": round(rate("direct"), 2)},
         "rounds": rounds, "latency": lat,
         "latency_errors": latency["error_count"],
+        "delivered": {"accepted": sent, "in_inbox_on_mail1": delivered},
         "latency_samples_seconds": latency["samples"],
         "up_wall_seconds": round(up_wall, 1)})
     b, d = lat["balancer"], lat["direct"]
@@ -190,8 +214,9 @@ def main() -> int:
           f"{SIZE // 1024} KB); latency balancer/direct p50 {latency_ratio['p50_ms']:.2f} "
           f"p90 {latency_ratio['p90_ms']:.2f} p99 {latency_ratio['p99_ms']:.2f} "
           f"(balancer {b['p50_ms']:.0f}/{b['p90_ms']:.0f}/{b['p99_ms']:.0f} ms, "
-          f"direct {d['p50_ms']:.0f}/{d['p90_ms']:.0f}/{d['p99_ms']:.0f} ms)")
-    return 0
+          f"direct {d['p50_ms']:.0f}/{d['p90_ms']:.0f}/{d['p99_ms']:.0f} ms); "
+          f"delivered {'?' if delivered is None else delivered}/{sent}")
+    return 0 if delivered is None or delivered >= sent else 1
 
 
 if __name__ == "__main__":

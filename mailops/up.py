@@ -157,7 +157,7 @@ def up(inventory: Inventory, rebuild_image: bool = False) -> UpResult:
 
     svc = service_for(inventory)
     result.service = svc
-    result.verify = _timed(result, "verify", lambda: (run(svc), 0))
+    result.verify = _timed(result, "verify", lambda: (_wait_healthy(inventory) or run(svc), 0))
     result.phases[-1].note = result.verify.summary()
     for host in inventory.hosts:
         recap = conv.recap.get(host.name, {})
@@ -239,3 +239,27 @@ def plan(inventory: Inventory) -> PlanResult:
     result = converge(inventory, check=True, diff=True)
     return PlanResult([t for t in result.tasks if t["changed"]], dnsdeploy.plan(inventory),
                       dnsdeploy.settings(inventory))
+
+
+def _wait_healthy(inventory: Inventory, timeout: float = 30) -> None:
+    """A converge that reloaded a service leaves its node out of the
+    balancer until two health checks pass again: wait (bounded) for every
+    node to be UP before verifying through the balancer."""
+    from mailops.verify_nodes import haproxy_states
+
+    lbs = inventory.group("lb")
+    if not lbs:
+        return
+    deadline = time.monotonic() + timeout
+    waiting: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            states = haproxy_states(inventory, lbs[0])
+        except (RuntimeError, IndexError):
+            return  # verify reports an unreadable balancer itself
+        waiting = sorted({f"{n} ({b})" for (b, n), r in states.items() if r["status"] != "UP"})
+        if not waiting:
+            return
+        step("verify", lbs[0].name, f"waiting for the balancer: {', '.join(waiting[:4])}")
+        time.sleep(1)
+    step("verify", lbs[0].name, f"still not UP after {timeout:.0f} s: {', '.join(waiting)}")
