@@ -9,9 +9,7 @@ records (RRsets written, owner markers included) per round trip.
 
 from __future__ import annotations
 
-import base64
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,160 +20,39 @@ from pathlib import Path
 import benchlib
 from benchlib import say
 
-LOOPBACK = "127.0.0.1"
-NAMED = "/usr/sbin/named"
 OWNER = "mailops-bench"
 SELECTOR = "mo2026"
 BIG_DOMAINS = 100  # mail domains in the one "big" zone (shows request splitting)
 # Zones published: the lab's two mail domains, and one zone holding many.
 ZONES = ("example.test", "example.net", "big.test")
 
-ZONE_TEMPLATE = """\
-$TTL 300
-@    IN SOA ns1.{zone}. hostmaster.{zone}. 1 3600 900 1209600 300
-@    IN NS  ns1.{zone}.
-ns1  IN A   127.0.0.1
-"""
-CONF_TEMPLATE = """\
-options {{
-    directory "{dir}";
-    pid-file "{dir}/named.pid";
-    session-keyfile "{dir}/session.key";
-    managed-keys-directory "{dir}";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion no;
-    notify no;
-    dnssec-validation no;
-    allow-query {{ 127.0.0.1; }};
-    allow-transfer {{ none; }};
-}};
-controls {{ }};
-{key}
-"""
-ZONE_CONF = """\
-zone "{zone}" {{
-    type primary;
-    file "{dir}/{zone}.db";
-    allow-update {{ key "{key}"; }};
-    allow-transfer {{ key "{key}"; }};
-}};
-"""
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 for both TCP and UDP."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((LOOPBACK, 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-            if port > 20000:
-                return port
-    raise RuntimeError("no free port on 127.0.0.1")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a child we started, by its pid."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def need(path: str) -> str:
-    found = shutil.which(path)
-    if not found:
-        sys.exit(f"{path} is not installed (Debian: apt-get install bind9 bind9-utils; "
-                 "`python3 deploy.py` installs the controller packages)")
-    return found
 
 
 def start_named(directory: Path) -> tuple[subprocess.Popen, int, object]:
-    import dns.exception
-    import dns.message
-    import dns.query
-    import dns.rcode
+    from tests.integration.dns.loopback import start_named as start
 
-    from mailops.dns.providers.rfc2136 import TsigKey
-
-    key_text = subprocess.run([need("tsig-keygen"), "-a", "hmac-sha256", "mailops-bench"],
-                              check=True, capture_output=True, text=True, timeout=30).stdout
-    key = TsigKey.from_bind(key_text)
-    port = free_port()
-    conf = CONF_TEMPLATE.format(dir=directory, port=port, key=key_text)
-    for zone in ZONES:
-        (directory / f"{zone}.db").write_text(ZONE_TEMPLATE.format(zone=zone))
-        conf += ZONE_CONF.format(zone=zone, dir=directory, key=key.name)
-    conf_path = directory / "named.conf"
-    conf_path.write_text(conf)
-    subprocess.run([need("named-checkconf"), "-z", str(conf_path)], check=True,
-                   capture_output=True, timeout=30)
-    log = open(directory / "named.log", "wb")  # noqa: SIM115 - lives as long as named
-    proc = subprocess.Popen([NAMED, "-g", "-n", "1", "-c", str(conf_path)],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-
-    def answers(zone: str) -> bool:
-        try:
-            r = dns.query.tcp(dns.message.make_query(zone, "SOA"), LOOPBACK, port=port,
-                              timeout=0.5)
-        except (OSError, dns.exception.DNSException):
-            return False
-        return r.rcode() == dns.rcode.NOERROR and bool(r.answer)
-
-    deadline = time.monotonic() + 20
-    while not all(answers(z) for z in ZONES):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            raise RuntimeError(f"named did not start; see {directory / 'named.log'}")
-        time.sleep(0.1)
-    return proc, port, key
+    try:
+        return start(directory, ZONES, "mailops-bench")
+    except RuntimeError as e:  # Missing included: a tool that is not installed
+        sys.exit(str(e))
 
 
 def start_moto(directory: Path) -> tuple[subprocess.Popen, str]:
+    from tests.integration.dns.loopback import start_moto as start
+
     server = benchlib.ROOT / ".venv" / "bin" / "moto_server"
     if not server.exists():
         sys.exit(f"{server} is missing; `.venv/bin/pip install -e .[test]` installs it")
-    port = free_port()
-    log = open(directory / "moto.log", "wb")  # noqa: SIM115 - lives as long as moto
-    proc = subprocess.Popen([str(server), "-H", LOOPBACK, "-p", str(port)],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection((LOOPBACK, port), timeout=0.5).close()
-            return proc, f"http://{LOOPBACK}:{port}"
-        except OSError as e:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stop(proc)
-                raise RuntimeError(
-                    f"moto_server did not start; see {directory / 'moto.log'}") from e
-            time.sleep(0.1)
-
-
-def dkim_public() -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    der = key.public_key().public_bytes(serialization.Encoding.DER,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo)
-    return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+    return start(str(server), directory / "moto.log")
 
 
 def desired() -> dict[str, list]:
     """zone -> records, as mailops computes them for mail domains."""
     from mailops.dns.publish import desired_by_zone
     from mailops.dns.records import MailDomainDNS
+    from mailops.pki import dkim_public_record, generate_dkim_key
 
-    pub = dkim_public()
+    pub = dkim_public_record(generate_dkim_key(2048))
     domains = [MailDomainDNS(domain=z, service_name="mail.example.test", dkim_selector=SELECTOR,
                              dkim_public=pub, ipv4=("192.0.2.25",))
                for z in ("example.test", "example.net")]
@@ -223,6 +100,7 @@ def main() -> int:
 
     from mailops.dns.providers.rfc2136 import Rfc2136Provider
     from mailops.dns.providers.route53 import Route53Provider
+    from tests.integration.dns.loopback import LOOPBACK, stop
 
     work = Path(tempfile.mkdtemp(prefix="mailops-bench-dns-"))
     procs: list[subprocess.Popen] = []
