@@ -104,7 +104,8 @@ def deploy(*args: str, timeout: float = 1800) -> tuple[subprocess.CompletedProce
 
 
 def up_json(inv: Path, timeout: float = 1800) -> tuple[dict[str, Any], float]:
-    """`deploy.py up --json`: its summary and its wall time."""
+    """`deploy.py up --json`: its summary and its wall time. An `up` whose
+    verification fails exits 1, so `deploy` raises (with the JSON's tail)."""
     res, took = deploy("up", "--json", "-i", str(inv), timeout=timeout)
     return json.loads(res.stdout), took
 

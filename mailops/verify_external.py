@@ -37,9 +37,7 @@ def check_external(inventory: Inventory, svc: Service, report: Report,
     # Inbound: the other domain's server delivers to us by MX.
     subject = f"mailops inbound {uuid.uuid4().hex[:10]}"
     sender = f"probe@{domain}"
-    res = remote.run(inventory, ext, f"printf 'From: {sender}\\nTo: {user}\\nSubject: {subject}"
-                                     f"\\n\\ninbound check\\n' | /usr/sbin/sendmail -f {sender} "
-                                     f"{user}")
+    res = remote.sendmail(inventory, ext, sender, user, subject, "inbound check")
     if res.returncode != 0:
         report.rows.append(Row(f"inbound from {ext.name}", user, FAIL, "",
                                f"could not hand the message to Postfix on {ext.name}: "

@@ -178,9 +178,7 @@ def check_replication(inventory: Inventory, svc: Service, report: Report,
     for a, b in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
         subject = f"mailops replication {uuid.uuid4().hex[:10]}"
         target = f"{a.name} -> {b.name}"
-        res = remote.run(inventory, a, f"printf 'From: {user}\\nTo: {user}\\nSubject: {subject}"
-                                       f"\\n\\nreplication check\\n' | /usr/sbin/sendmail -f "
-                                       f"{user} {user}")
+        res = remote.sendmail(inventory, a, user, user, subject, "replication check")
         if res.returncode != 0:
             report.rows.append(Row("replication", target, FAIL, "",
                                    f"could not inject a message on {a.name}: "

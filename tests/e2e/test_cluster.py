@@ -18,6 +18,7 @@ import uuid
 
 import pytest
 
+from mailops.mailclient import inbox_subjects as inbox_subjects_of
 from mailops.mailclient import message
 from tests.conftest import FIRST_UP, deploy
 
@@ -48,13 +49,12 @@ def haproxy(node, command: str) -> str:
 
 
 def server_states(node) -> dict[tuple[str, str], str]:
-    """(backend, server) -> UP/DOWN/MAINT... from the balancer's stats."""
-    out = haproxy(node, "show stat")
-    header = out.splitlines()[0].lstrip("# ").split(",")
-    rows = [dict(zip(header, line.split(","), strict=False)) for line in out.splitlines()[1:]
-            if line]
-    return {(r["pxname"], r["svname"]): r["status"] for r in rows
-            if r.get("svname") not in ("FRONTEND", "BACKEND") and r.get("pxname") in BACKENDS}
+    """(backend, server) -> UP/DOWN/MAINT... of the mail backends, from the balancer's stats."""
+    from mailops.verify_nodes import haproxy_states
+
+    lb = node.inventory.group("lb")[0]
+    return {key: row["status"] for key, row in haproxy_states(node.inventory, lb).items()
+            if key[0] in BACKENDS}
 
 
 def only_node(node, name: str | None) -> None:
@@ -68,18 +68,7 @@ def only_node(node, name: str | None) -> None:
 
 def inbox_subjects(node, user: str, prefix: str) -> set[str]:
     addr, password = node.account(user)
-    conn = node.endpoint.imap(addr, password)
-    try:
-        conn.select("INBOX", readonly=True)
-        _, data = conn.search(None, "SUBJECT", f'"{prefix}"')
-        ids = data[0].split()
-        if not ids:
-            return set()
-        _, fetched = conn.fetch(b",".join(ids), "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-        return {part[1].decode().split(":", 1)[1].strip() for part in fetched
-                if isinstance(part, tuple)}
-    finally:
-        conn.logout()
+    return inbox_subjects_of(node.endpoint, addr, password, prefix)
 
 
 def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
@@ -160,8 +149,10 @@ def test_mail_accepted_by_one_node_is_read_on_every_node(node):
     mail1 = node.inventory.group("mail")[0]
     addr, password = node.account("carol@example.net")
     subject = f"replicated {uuid.uuid4().hex[:10]}"
-    ssh(node, mail1, f"printf 'From: {addr}\\nTo: {addr}\\nSubject: {subject}\\n\\nhi\\n' "
-                     f"| /usr/sbin/sendmail -f {addr} {addr}")
+    from mailops import remote
+
+    res = remote.sendmail(node.inventory, mail1, addr, addr, subject, "hi")
+    assert res.returncode == 0, res.stderr
     try:
         for host in node.inventory.group("mail"):
             only_node(node, host.name)
