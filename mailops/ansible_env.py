@@ -29,6 +29,13 @@ _DEFAULTS = {
     "ANSIBLE_CALLBACK_PLUGINS": str(ROOT / "mailops" / "ansible_plugins" / "callback"),
     "ANSIBLE_CALLBACKS_ENABLED": "mailops_record",
 }
+# mailops_files: a role's files in one module run (see its docstring). The
+# roles need it wherever they run or are linted (Molecule sets the same).
+PLUGIN_PATHS = {
+    "ANSIBLE_LIBRARY": str(ROOT / "mailops" / "ansible_plugins" / "modules"),
+    "ANSIBLE_ACTION_PLUGINS": str(ROOT / "mailops" / "ansible_plugins" / "action"),
+}
+_DEFAULTS |= PLUGIN_PATHS
 
 
 def apply() -> None:

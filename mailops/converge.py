@@ -108,8 +108,15 @@ def run_playbook(inventory: Inventory, playbook: Path = SITE, check: bool = Fals
     result = ConvergeResult()
     log = []
     env = ansible_env(inventory)
-    fd, record_name = tempfile.mkstemp(prefix="mailops-tasks-", suffix=".jsonl")
-    os.close(fd)
+    # MAILOPS_RECORD_FILE set by the caller keeps the per-task record (for
+    # finding where converge time goes); otherwise a temporary file.
+    keep = os.environ.get("MAILOPS_RECORD_FILE")
+    if keep:
+        Path(keep).write_text("")
+        record_name = keep
+    else:
+        fd, record_name = tempfile.mkstemp(prefix="mailops-tasks-", suffix=".jsonl")
+        os.close(fd)
     env["MAILOPS_RECORD_FILE"] = record_name
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -117,7 +124,8 @@ def run_playbook(inventory: Inventory, playbook: Path = SITE, check: bool = Fals
         _follow(proc, result, log)
         text = Path(record_name).read_text()
     finally:
-        os.unlink(record_name)
+        if not keep:
+            os.unlink(record_name)
     result.tasks = [json.loads(line) for line in text.splitlines() if line.strip()]
     result.returncode = proc.wait()
     if result.returncode != 0 and not result.failed:

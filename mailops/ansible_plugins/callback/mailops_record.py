@@ -39,15 +39,18 @@ class CallbackModule(CallbackBase):
             with open(self._path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry, default=str) + "\n")
 
-    def v2_playbook_on_task_start(self, task, is_conditional) -> None:
-        self._started[task._uuid] = time.monotonic()
-
     def v2_playbook_on_handler_task_start(self, task) -> None:
-        self._started[task._uuid] = time.monotonic()
         self._handlers.add(task._uuid)
+
+    def v2_runner_on_start(self, host, task) -> None:
+        # Per host and task: with the free strategy hosts start a task at
+        # different times, so the task's own start says little.
+        self._started[f"{host.get_name()} {task._uuid}"] = time.monotonic()
 
     def _record(self, result, status: str) -> None:
         task, res = result._task, result._result
+        started = self._started.pop(f"{result._host.get_name()} {task._uuid}", None)
+        now = time.monotonic()
         diffs = []
         if not res.get("censored"):  # no_log: nothing of it is recorded
             items = res.get("results") if isinstance(res.get("results"), list) else [res]
@@ -62,8 +65,8 @@ class CallbackModule(CallbackBase):
             "handler": task._uuid in self._handlers,
             "status": status,
             "changed": bool(res.get("changed")),
-            "seconds": round(time.monotonic() - self._started.get(task._uuid, time.monotonic()),
-                             3),
+            "seconds": round(now - started, 3) if started is not None else 0.0,
+            "ended": round(now, 3),
             "diff": diffs,
         })
 
