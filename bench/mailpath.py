@@ -6,15 +6,20 @@ On its own lab `mpath` (198.18.62.0/24), deployed with `deploy.py up`:
 Postfix's smtp-source runs on ext1 (the external mail host) and sends a fixed
 number of messages of a fixed size, several sessions at once, to
 bob@example.test (rspamd scans every one): through the balancer (lb1:25) and
-straight to mail1. The nodes take only PROXY-protocol sessions on 25, so for
-the run mail1 gets a plain listener on 2525, the `smtp` service without
+straight to mail1, and through the balancer with mail2 drained (`set server
+smtp/mail2 state drain` on the admin socket, so every session goes to mail1:
+the balancer's own cost, without the spreading over two nodes that share
+this machine's cores). The nodes take only PROXY-protocol sessions on 25, so
+for the run mail1 gets a plain listener on 2525, the `smtp` service without
 `smtpd_upstream_proxy_protocol`; it is removed at the end. Rounds run
-balancer, direct, direct, balancer, each after both nodes' queues drained.
+balancer, one, direct, direct, one, balancer, each after both nodes' queues
+drained.
 Then single-message sessions, one at a time, alternating between the two
 targets, time each session (connect to QUIT) from ext1.
 
-Ratios: messages per second through the balancer / straight to mail1, and
-p50/p90/p99 session latency through the balancer / straight.
+Ratios: messages per second through the balancer (to both nodes, and to mail1
+alone) / straight to mail1, and p50/p90/p99 session latency through the
+balancer / straight.
 Results: bench/results/mailpath.json.
 """
 
@@ -32,7 +37,7 @@ LAB = ("mpath", "198.18.62")
 MESSAGES = 500  # per smtp-source round
 SIZE = 5120  # bytes per message
 SESSIONS = 10  # smtp-source's parallel sessions
-ROUNDS = ("balancer", "direct", "direct", "balancer")
+ROUNDS = ("balancer", "one", "direct", "direct", "one", "balancer")
 LATENCY_N = 100  # single-message sessions per target
 DIRECT_PORT = 2525
 SENDER = "bench@ext.test"
@@ -61,6 +66,12 @@ for i in range(P["n"]):
         out[t["label"]].append(time.monotonic() - t0)
 print(json.dumps({"samples": out, "errors": errors[:20], "error_count": len(errors)}))
 '''
+
+
+def set_state(inventory, lb, server: str, state: str) -> None:
+    """Set a node's state in the SMTP backend (port 25) over HAProxy's admin socket."""
+    ssh_ok(inventory, lb, f"echo 'set server smtp/{server} state {state}' "
+                          "| socat - /run/haproxy/admin.sock")
 
 
 def heredoc_python(script: str, args: str = "") -> str:
@@ -135,8 +146,9 @@ def main() -> int:
         inventory = benchlib.load(inv)
         lb, mail1 = inventory.group("lb")[0], inventory.group("mail")[0]
         ext = inventory.group("external")[0]
-        targets = {"balancer": (str(lb.address), 25), "direct": (str(mail1.address),
-                                                                  DIRECT_PORT)}
+        targets = {"balancer": (str(lb.address), 25), "one": (str(lb.address), 25),
+                   "direct": (str(mail1.address), DIRECT_PORT)}
+        mail2 = inventory.group("mail")[1]
         say(f"{mail1.name}: plain listener on {DIRECT_PORT} (the smtp service, no PROXY)")
         ssh_ok(inventory, mail1, f"postconf -M {DIRECT_PORT}/inet='{DIRECT_PORT} inet n - n - "
                                  "- smtpd' && postfix reload")
@@ -148,17 +160,20 @@ def main() -> int:
                 say(f"round {i + 1}/{len(ROUNDS)}: smtp-source {MESSAGES} x {SIZE} B, "
                     f"{SESSIONS} sessions, {label} {targets[label][0]}:{targets[label][1]} "
                     f"(queues drained in {waited:.1f}s)")
+                # "one": the balancer with mail2 drained (new sessions go to mail1).
+                set_state(inventory, lb, mail2.name, "drain" if label == "one" else "ready")
                 r = smtp_source(inventory, ext, targets[label],
                                 f"mailpath {run_id} {label} round {i + 1}")
                 say(f"  {r['messages_per_second']:.1f} msg/s")
                 rounds.append({"target": label, **r, "queue_wait_seconds": round(waited, 1)})
+            set_state(inventory, lb, mail2.name, "ready")
             wait_queues_empty(inventory)
 
             say(f"latency: {LATENCY_N} single-message sessions per target, alternating")
             params = {"n": LATENCY_N, "size": SIZE, "sender": SENDER, "rcpt": RCPT,
                       "helo": f"{ext.name}.ext.test", "subject": f"mailpath {run_id} latency",
                       "targets": [{"label": k, "host": a, "port": p}
-                                  for k, (a, p) in targets.items()]}
+                                  for k, (a, p) in targets.items() if k != "one"]}
             res = remote.run(inventory, ext, heredoc_python(LATENCY), timeout=600,
                              stdin=json.dumps(params) + "\n")
             if res.returncode != 0:
@@ -177,6 +192,7 @@ def main() -> int:
                 delivered = None
                 say(f"WARNING: could not count the delivered messages: {e}")
         finally:
+            set_state(inventory, lb, mail2.name, "ready")
             say(f"{mail1.name}: removing the listener on {DIRECT_PORT}")
             remote.run(inventory, mail1, f"postconf -MX {DIRECT_PORT}/inet && postfix reload",
                        timeout=60)
@@ -187,19 +203,23 @@ def main() -> int:
 
     lat = {k: pct(v) for k, v in latency["samples"].items() if v}
     throughput_ratio = benchlib.ratio(rate("balancer"), rate("direct"))
+    one_ratio = benchlib.ratio(rate("one"), rate("direct"))
     latency_ratio = {p: benchlib.ratio(lat["balancer"][p], lat["direct"][p])
                      for p in ("p50_ms", "p90_ms", "p99_ms")}
     benchlib.write_results("mailpath", {
         "what": "SMTP messages per second through the balancer (lb1:25, PROXY protocol to "
-                "both nodes) / straight to mail1 (plain listener on 2525), smtp-source on "
-                "ext1; and single-session latency percentiles, balancer / direct",
+                "both nodes; and with mail2 drained, to mail1 alone) / straight to mail1 "
+                "(plain listener on 2525), smtp-source on ext1; and single-session latency "
+                "percentiles, balancer / direct",
         "lab": list(LAB),
         "settings": {"messages_per_round": MESSAGES, "size_bytes": SIZE, "sessions": SESSIONS,
                      "rounds": list(ROUNDS), "latency_sessions_per_target": LATENCY_N,
                      "recipient": RCPT},
         "ratios": {"throughput_balancer_over_direct": throughput_ratio,
+                   "throughput_balancer_one_node_over_direct": one_ratio,
                    "latency_balancer_over_direct": latency_ratio},
         "messages_per_second": {"balancer": round(rate("balancer"), 2),
+                                "balancer_one_node": round(rate("one"), 2),
                                 "direct": round(rate("direct"), 2)},
         "rounds": rounds, "latency": lat,
         "latency_errors": latency["error_count"],
@@ -207,8 +227,9 @@ def main() -> int:
         "latency_samples_seconds": latency["samples"],
         "up_wall_seconds": round(up_wall, 1)})
     b, d = lat["balancer"], lat["direct"]
-    print(f"mailpath: throughput balancer/direct {throughput_ratio:.2f} "
-          f"({rate('balancer'):.1f} vs {rate('direct'):.1f} msg/s, {SESSIONS} sessions, "
+    print(f"mailpath: throughput balancer/direct {throughput_ratio:.2f}, balancer to mail1 "
+          f"alone/direct {one_ratio:.2f} ({rate('balancer'):.1f}, {rate('one'):.1f} vs "
+          f"{rate('direct'):.1f} msg/s, {SESSIONS} sessions, "
           f"{SIZE // 1024} KB); latency balancer/direct p50 {latency_ratio['p50_ms']:.2f} "
           f"p90 {latency_ratio['p90_ms']:.2f} p99 {latency_ratio['p99_ms']:.2f} "
           f"(balancer {b['p50_ms']:.0f}/{b['p90_ms']:.0f}/{b['p99_ms']:.0f} ms, "
