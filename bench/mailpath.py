@@ -116,17 +116,20 @@ def smtp_source(inventory, ext, target: tuple[str, int], subject: str) -> dict:
             "messages_per_second": round(MESSAGES / seconds, 2)}
 
 
-def count_delivered(inventory, node, subject: str, want: int, timeout: float = 180) -> int:
-    """Messages with this subject in the recipient's INBOX on one node (both
-    paths' mail reaches it: directly, or by replication), waiting up to
-    `timeout` for delivery and replication to catch up."""
+def count_delivered(inventory, node, subject: str, want: int,
+                    timeout: float = 180) -> tuple[int, int]:
+    """(distinct messages, copies) with this subject in the recipient's INBOX
+    on one node (both paths' mail reaches it: directly, or by replication),
+    waiting up to `timeout` for delivery and replication to catch up.
+    Distinct by Dovecot's message GUID: a message stored twice (two UIDs,
+    one GUID) counts once among the distinct ones."""
     deadline = time.monotonic() + timeout
     while True:
-        out = ssh_ok(inventory, node, f"doveadm search -u {RCPT} mailbox INBOX "
-                                      f"subject '{subject}' | wc -l")
-        have = int(out.strip() or 0)
-        if have >= want or time.monotonic() > deadline:
-            return have
+        out = ssh_ok(inventory, node, f"doveadm fetch -u {RCPT} guid mailbox INBOX "
+                                      f"subject '{subject}' | grep '^guid: '")
+        guids = out.split()[1::2]
+        if len(set(guids)) >= want or time.monotonic() > deadline:
+            return len(set(guids)), len(guids)
         time.sleep(2)
 
 
@@ -183,11 +186,12 @@ def main() -> int:
                 say(f"WARNING: {latency['error_count']} latency session(s) failed: "
                     f"{latency['errors'][:3]}")
             sent = MESSAGES * len(ROUNDS) + sum(len(v) for v in latency["samples"].values())
+            copies: int | None = None
             try:
-                delivered: int | None = count_delivered(inventory, mail1,
-                                                        f"mailpath {run_id}", sent)
+                delivered, copies = count_delivered(inventory, mail1, f"mailpath {run_id}",
+                                                    sent)
                 say(f"{delivered} of {sent} accepted messages in {RCPT}'s INBOX on "
-                    f"{mail1.name}")
+                    f"{mail1.name}, in {copies} copies")
             except (RuntimeError, ValueError) as e:  # a figure missing, not a failed bench
                 delivered = None
                 say(f"WARNING: could not count the delivered messages: {e}")
@@ -223,7 +227,8 @@ def main() -> int:
                                 "direct": round(rate("direct"), 2)},
         "rounds": rounds, "latency": lat,
         "latency_errors": latency["error_count"],
-        "delivered": {"accepted": sent, "in_inbox_on_mail1": delivered},
+        "delivered": {"accepted": sent, "in_inbox_on_mail1": delivered,
+                      "copies_in_inbox_on_mail1": copies},
         "latency_samples_seconds": latency["samples"],
         "up_wall_seconds": round(up_wall, 1)})
     b, d = lat["balancer"], lat["direct"]
@@ -234,7 +239,8 @@ def main() -> int:
           f"p90 {latency_ratio['p90_ms']:.2f} p99 {latency_ratio['p99_ms']:.2f} "
           f"(balancer {b['p50_ms']:.0f}/{b['p90_ms']:.0f}/{b['p99_ms']:.0f} ms, "
           f"direct {d['p50_ms']:.0f}/{d['p90_ms']:.0f}/{d['p99_ms']:.0f} ms); "
-          f"delivered {'?' if delivered is None else delivered}/{sent}")
+          f"delivered {'?' if delivered is None else delivered}/{sent}"
+          f" (in {'?' if copies is None else copies} copies)")
     return 0 if delivered is None or delivered >= sent else 1
 
 
