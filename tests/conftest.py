@@ -70,6 +70,12 @@ def _need_root() -> None:
 
 @pytest.fixture(scope="session")
 def lab_inventory(tmp_path_factory) -> Path:
+    if os.environ.get("MAILOPS_TEST_KEEP_LAB") == "1":
+        # A kept lab keeps its inventory too: a new copy would make a new vault,
+        # and the next `up` would rotate every secret (DKIM keys included,
+        # which receivers still hold in their DNS caches).
+        dest = Path("/var/lib/mailops/test-inventories") / TEST_LAB_NAME / "lab"
+        return lab_inventory_copy(dest, TEST_LAB_NAME, TEST_LAB_NET)
     return lab_inventory_copy(tmp_path_factory.mktemp("inv") / "lab", TEST_LAB_NAME,
                               TEST_LAB_NET)
 

@@ -30,6 +30,12 @@ def rows(report: dict, result: str) -> list[dict]:
     return [c for c in report["checks"] if c["result"] == result]
 
 
+def failures(report: dict) -> str:
+    """The failing rows in full (pytest shortens a list of dicts to one line)."""
+    return "\n".join(f"{c['check']} | {c['target']} | {c['detail']} | {c['cause']}"
+                     for c in rows(report, "fail"))
+
+
 def find(report: dict, result: str, check: str, target: str = "") -> list[dict]:
     return [c for c in rows(report, result) if check in c["check"] and target in c["target"]]
 
@@ -47,6 +53,7 @@ def mail_nodes(node):
 
 
 DOVECOT_BACKENDS = ("imap", "imaps", "pop3", "pop3s")
+ALL_BACKENDS = ("smtp", "submission", "submissions", *DOVECOT_BACKENDS)
 
 
 def wait_health(node, host, want_up: bool, backends=DOVECOT_BACKENDS,
@@ -68,13 +75,13 @@ def wait_health(node, host, want_up: bool, backends=DOVECOT_BACKENDS,
 def repaired(lab_inventory) -> dict:
     """After a repair: verify passes again."""
     code, report = verify(lab_inventory)
-    assert code == 0, rows(report, "fail")
+    assert code == 0, failures(report)
     return report
 
 
 def test_verify_passes_on_the_deployed_cluster(node, lab_inventory):
     code, report = verify(lab_inventory)
-    assert code == 0 and report["ok"], rows(report, "fail")
+    assert code == 0 and report["ok"], failures(report)
     ok = {c["check"] for c in rows(report, "ok")}
     for port in (25, 587, 465, 143, 993, 110, 995):
         assert any(c.endswith(f"{port} over PROXY protocol") for c in ok), port
@@ -104,7 +111,9 @@ def test_dovecot_stopped_on_one_node(node, lab_inventory):
         assert "systemctl status dovecot" in probe[0]["remedy"]
     finally:
         ssh(node, mail2, "systemctl start dovecot")
-    wait_health(node, mail2, want_up=True)
+    # The whole node is back in the balancer within seconds, 465 included
+    # (its smtpd died while Dovecot's auth socket was gone: Postfix paused it).
+    wait_health(node, mail2, want_up=True, backends=ALL_BACKENDS)
     repaired(lab_inventory)
 
 
@@ -157,7 +166,7 @@ def test_certificate_expiring_in_a_week_is_a_warning(node, lab_inventory):
     install_certificate(node, [node.model.service_name], days=7)
     try:
         code, report = verify(lab_inventory)
-        assert code == 0, rows(report, "fail")  # a warning, not a failure
+        assert code == 0, failures(report)  # a warning, not a failure
         warned = [c for c in rows(report, "warn") if "expires in" in c["cause"]]
         assert len(warned) >= 7, rows(report, "warn")
         assert all("renew" in c["remedy"] for c in warned)
@@ -203,7 +212,7 @@ def test_replication_stopped(node, lab_inventory):
         code, report = verify(lab_inventory)
         assert code == 1
         failed = find(report, "fail", "replication")
-        assert failed, rows(report, "fail")
+        assert failed, failures(report)
         assert all("doveadm replicator status" in c["remedy"] for c in failed)
     finally:
         deploy("converge", "-i", str(lab_inventory), timeout=900)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -211,6 +212,30 @@ def test_haproxy_check(validator_root, rendered):
                                     "198.18.250.12:993", "198.18.250.12:995"]
     proxied = "smtpd_upstream_proxy_protocol" in (rendered / "etc/postfix/master.cf").read_text()
     assert ("send-proxy-v2" in cfg) == proxied
+
+
+def _seconds(value: str) -> float:
+    """A Postfix or HAProxy duration (500ms, 2s, 1m) in seconds."""
+    m = re.fullmatch(r"([0-9.]+)(ms|s|m|h)?", value.strip())
+    assert m, f"not a duration: {value!r}"
+    return float(m[1]) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}[m[2]]
+
+
+def _setting(text: str, pattern: str) -> str:
+    m = re.search(pattern, text, re.M)
+    assert m, f"no line matches {pattern!r}"
+    return m[1]
+
+
+def test_postfix_pause_is_shorter_than_the_balancers_check_timeout(rendered):
+    """A paused (throttled) Postfix service must pick up queued health checks
+    before the balancer abandons them: Postfix 3.7's smtpd dies on an abandoned
+    PROXY connection, which would pause the service again (465 stuck DOWN)."""
+    pause = _setting((rendered / "etc/postfix/main.cf").read_text(),
+                     r"^service_throttle_time\s*=\s*(\S+)")
+    check = _setting((rendered / "etc/haproxy/haproxy.cfg").read_text(),
+                     r"^\s*timeout check\s+(\S+)")
+    assert _seconds(pause) < _seconds(check), (pause, check)
 
 
 def test_mta_sts_policy_is_the_one_whose_id_is_published(rendered):
