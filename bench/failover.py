@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import json
-import re
 import smtplib
 import subprocess
 import sys
@@ -42,7 +41,6 @@ MAX_SECONDS = 90
 POWEROFF_AFTER = 60  # accepted messages before the node is powered off
 USER = "alice@example.test"
 VICTIM = 1  # index in the mail group: mail2
-BACKENDS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
 
 WATCH = r'''
 import json, socket, sys, time
@@ -75,26 +73,20 @@ sys.exit(1)
 '''
 
 
-def seconds_of(value: str) -> float:
-    """HAProxy time ("2s", "500ms") in seconds."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", str(value).strip())
-    if not m:
-        raise ValueError(f"cannot read the time {value!r}")
-    return float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 0.001}[m.group(2)]
-
-
 def check_inter() -> float:
     import yaml
 
+    from mailops.durations import seconds
+
     defaults = yaml.safe_load((benchlib.ROOT / "roles/haproxy/defaults/main.yml").read_text())
-    return seconds_of(defaults["haproxy__check_inter"])
+    return seconds(defaults["haproxy__check_inter"], bare="ms")
 
 
 def states_of(inventory, node: str) -> dict[str, str]:
-    from mailops.verify_nodes import haproxy_states
+    from mailops.verify_nodes import BACKEND, haproxy_states
 
     return {b: row["status"] for (b, n), row in haproxy_states(
-        inventory, inventory.group("lb")[0]).items() if n == node and b in BACKENDS}
+        inventory, inventory.group("lb")[0]).items() if n == node and b in BACKEND.values()}
 
 
 def wait_for(fn, timeout: float, what: str, every: float = 1.0):
@@ -123,9 +115,11 @@ def haproxy_cmds(inventory, commands: list[str]) -> None:
 
 def only_node(inventory, name: str | None) -> None:
     """New sessions to one node only (the others in maintenance); None: all."""
+    from mailops.verify_nodes import BACKEND
+
     haproxy_cmds(inventory, [
         f"set server {b}/{h.name} state {'ready' if name in (None, h.name) else 'maint'}"
-        for b in BACKENDS for h in inventory.group("mail")])
+        for b in BACKEND.values() for h in inventory.group("mail")])
 
 
 def main() -> int:
@@ -135,6 +129,7 @@ def main() -> int:
     from mailops.lab import Lab
     from mailops.mailclient import message
     from mailops.verify import service_for
+    from mailops.verify_nodes import BACKEND
 
     run_id = uuid.uuid4().hex[:8]
     prefix = f"failover {run_id}"
@@ -219,7 +214,7 @@ def main() -> int:
         say(f"booting {victim.name} again (Lab.up)")
         t_boot = time.monotonic()
         lab.up()
-        wait_for(lambda: (s := states_of(inventory, victim.name)) and len(s) == len(BACKENDS)
+        wait_for(lambda: (s := states_of(inventory, victim.name)) and len(s) == len(BACKEND)
                  and all(v == "UP" for v in s.values()), 120,
                  f"{victim.name} UP in every backend")
         back_up = time.monotonic() - t_boot

@@ -18,6 +18,10 @@ DEPLOY = [sys.executable, str(ROOT / "deploy.py")]
 # The session lab's name and subnet; overridable for development.
 TEST_LAB_NAME = os.environ.get("MAILOPS_TEST_LAB_NAME", "mtest")
 TEST_LAB_NET = os.environ.get("MAILOPS_TEST_LAB_NET", "198.18.100")
+# MAILOPS_TEST_KEEP_LAB=1 (for development) reuses a test lab left up by an
+# earlier run, with its inventory, and leaves it up; normally every session
+# starts clean.
+KEEP_LAB = os.environ.get("MAILOPS_TEST_KEEP_LAB") == "1"
 TIMINGS: list[tuple[str, float]] = []
 FIRST_UP: list[subprocess.CompletedProcess] = []  # the session's cold `deploy.py up`
 
@@ -70,7 +74,7 @@ def _need_root() -> None:
 
 @pytest.fixture(scope="session")
 def lab_inventory(tmp_path_factory) -> Path:
-    if os.environ.get("MAILOPS_TEST_KEEP_LAB") == "1":
+    if KEEP_LAB:
         # A kept lab keeps its inventory too: a new copy would make a new vault,
         # and the next `up` would rotate every secret (DKIM keys included,
         # which receivers still hold in their DNS caches).
@@ -88,16 +92,13 @@ def lab(lab_inventory):
     from mailops.model import load_inventory
 
     inventory = load_inventory(lab_inventory)
-    # MAILOPS_TEST_KEEP_LAB=1 (for development) reuses a test lab left up
-    # by an earlier run and leaves it up; normally every session starts clean.
-    keep = os.environ.get("MAILOPS_TEST_KEEP_LAB") == "1"
-    if not keep:
+    if not KEEP_LAB:
         deploy("lab", "down", "-i", str(lab_inventory))  # a crashed earlier run
     # The whole main job: lab, bootstrap, converge, DNS, verify.
     res = deploy("up", "-i", str(lab_inventory), timeout=1800)
     FIRST_UP.append(res)
     yield Lab(inventory)
-    if not keep:
+    if not KEEP_LAB:
         deploy("lab", "down", "-i", str(lab_inventory), check=False)
 
 

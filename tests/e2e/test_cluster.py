@@ -20,11 +20,12 @@ import pytest
 
 from mailops.mailclient import inbox_subjects as inbox_subjects_of
 from mailops.mailclient import message
+from mailops.verify_nodes import BACKEND
 from tests.conftest import FIRST_UP, deploy
 
 pytestmark = pytest.mark.lab
 
-BACKENDS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+BACKENDS = tuple(BACKEND.values())
 
 
 # ------------------------------------------------------------------ helpers

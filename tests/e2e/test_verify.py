@@ -15,6 +15,7 @@ import pytest
 
 from mailops import pki
 from mailops.dns.records import split_txt
+from mailops.verify_nodes import BACKEND
 from tests.conftest import deploy
 
 pytestmark = pytest.mark.lab
@@ -53,7 +54,7 @@ def mail_nodes(node):
 
 
 DOVECOT_BACKENDS = ("imap", "imaps", "pop3", "pop3s")
-ALL_BACKENDS = ("smtp", "submission", "submissions", *DOVECOT_BACKENDS)
+ALL_BACKENDS = tuple(BACKEND.values())
 
 
 def wait_health(node, host, want_up: bool, backends=DOVECOT_BACKENDS,

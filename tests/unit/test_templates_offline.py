@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from mailops import pki
+from mailops.durations import seconds
 from mailops.environment import ROOT
 from tests.conftest import lab_inventory_copy
 
@@ -214,13 +215,6 @@ def test_haproxy_check(validator_root, rendered):
     assert ("send-proxy-v2" in cfg) == proxied
 
 
-def _seconds(value: str) -> float:
-    """A Postfix or HAProxy duration (500ms, 2s, 1m) in seconds."""
-    m = re.fullmatch(r"([0-9.]+)(ms|s|m|h)?", value.strip())
-    assert m, f"not a duration: {value!r}"
-    return float(m[1]) * {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}[m[2]]
-
-
 def _setting(text: str, pattern: str) -> str:
     m = re.search(pattern, text, re.M)
     assert m, f"no line matches {pattern!r}"
@@ -235,7 +229,7 @@ def test_postfix_pause_is_shorter_than_the_balancers_check_timeout(rendered):
                      r"^service_throttle_time\s*=\s*(\S+)")
     check = _setting((rendered / "etc/haproxy/haproxy.cfg").read_text(),
                      r"^\s*timeout check\s+(\S+)")
-    assert _seconds(pause) < _seconds(check), (pause, check)
+    assert seconds(pause, bare="s") < seconds(check, bare="ms"), (pause, check)
 
 
 def test_mta_sts_policy_is_the_one_whose_id_is_published(rendered):
