@@ -3,7 +3,7 @@
 
 import sys
 
-from mailops import environment
+from mailops.core import environment
 
 if __name__ == "__main__":
     # Installs the controller's packages and venv on first use, then re-runs

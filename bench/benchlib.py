@@ -32,7 +32,7 @@ def setup() -> None:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from mailops import environment
+    from mailops.core import environment
 
     environment.ensure()  # re-execs this script in .venv when run with another python
 
@@ -139,7 +139,7 @@ def lab_down(inv: Path) -> None:
 
 
 def load(inv: Path):
-    from mailops.model import load_inventory
+    from mailops.inventory.model import load_inventory
 
     return load_inventory(inv)
 

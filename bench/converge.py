@@ -38,7 +38,7 @@ TOOLKIT_LAB = ("mbench", "198.18.60")
 FLOOR_LAB = ("mfloor", "198.18.61")
 PHASES = ("lab", "bootstrap", "converge", "dns", "verify")
 REPEAT = 5  # repetitions of the short floors (median taken)
-# The roles each group gets (mailops/playbooks/site.yml) and the services
+# The roles each group gets (mailops/converge/playbooks/site.yml) and the services
 # each role starts. chrony is installed and enabled but cannot run in a
 # container (no CAP_SYS_TIME), so it is not restarted (the toolkit does not
 # start it either).
@@ -98,9 +98,9 @@ def dns_floor(inventory) -> tuple[float, list[float], int]:
     import dns.rcode
     import dns.update
 
-    from mailops import dnsdeploy
+    from mailops.dns import deploy as dnsdeploy
     from mailops.dns.wire import name_of, to_rdataset
-    from mailops.mailmodel import load_mail_model
+    from mailops.site.mailmodel import load_mail_model
 
     cfg = dnsdeploy.settings(inventory)
     secrets = dnsdeploy.read_secrets(inventory)
@@ -132,7 +132,7 @@ def verify_floor(inventory) -> tuple[float, list[float]]:
     greeting (after the TLS handshake on the implicit-TLS ports)."""
     import socket
 
-    from mailops.verify import PORTS, service_for
+    from mailops.verify.service import PORTS, service_for
 
     ep = service_for(inventory).endpoint()
     ctx = ep.context()
@@ -153,7 +153,7 @@ def verify_floor(inventory) -> tuple[float, list[float]]:
 
 def ssh_round_trip(inventory) -> tuple[float, list[float]]:
     """`true` over a fresh SSH connection to every host, in parallel."""
-    from mailops.lab import Lab
+    from mailops.lab.lab import Lab
 
     lab = Lab(inventory)
     hosts = inventory.hosts
@@ -219,8 +219,8 @@ def on_hosts(lab, jobs: dict, timeout: float) -> dict[str, dict]:
 
 
 def floor_run(inv: Path) -> dict:
-    from mailops.bootstrap import PACKAGES
-    from mailops.lab import Lab
+    from mailops.converge.bootstrap import PACKAGES
+    from mailops.lab.lab import Lab
 
     say("lab floor: `deploy.py lab up` on the floor lab")
     _, lab_s = benchlib.deploy("lab", "up", "-i", str(inv), timeout=600)

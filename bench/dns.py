@@ -50,7 +50,7 @@ def desired() -> dict[str, list]:
     """zone -> records, as mailops computes them for mail domains."""
     from mailops.dns.publish import desired_by_zone
     from mailops.dns.records import MailDomainDNS
-    from mailops.pki import dkim_public_record, generate_dkim_key
+    from mailops.secrets.pki import dkim_public_record, generate_dkim_key
 
     pub = dkim_public_record(generate_dkim_key(2048))
     domains = [MailDomainDNS(domain=z, service_name="mail.example.test", dkim_selector=SELECTOR,

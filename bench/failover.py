@@ -76,14 +76,14 @@ sys.exit(1)
 def check_inter() -> float:
     import yaml
 
-    from mailops.durations import seconds
+    from mailops.core.durations import seconds
 
     defaults = yaml.safe_load((benchlib.ROOT / "roles/haproxy/defaults/main.yml").read_text())
     return seconds(defaults["haproxy__check_inter"], bare="ms")
 
 
 def states_of(inventory, node: str) -> dict[str, str]:
-    from mailops.verify_nodes import BACKEND, haproxy_states
+    from mailops.verify.nodes import BACKEND, haproxy_states
 
     return {b: row["status"] for (b, n), row in haproxy_states(
         inventory, inventory.group("lb")[0]).items() if n == node and b in BACKEND.values()}
@@ -104,7 +104,7 @@ def wait_for(fn, timeout: float, what: str, every: float = 1.0):
 
 
 def haproxy_cmds(inventory, commands: list[str]) -> None:
-    from mailops import remote
+    from mailops.inventory import remote
 
     lb = inventory.group("lb")[0]
     script = "; ".join(f"echo '{c}' | socat - /run/haproxy/admin.sock" for c in commands)
@@ -115,7 +115,7 @@ def haproxy_cmds(inventory, commands: list[str]) -> None:
 
 def only_node(inventory, name: str | None) -> None:
     """New sessions to one node only (the others in maintenance); None: all."""
-    from mailops.verify_nodes import BACKEND
+    from mailops.verify.nodes import BACKEND
 
     haproxy_cmds(inventory, [
         f"set server {b}/{h.name} state {'ready' if name in (None, h.name) else 'maint'}"
@@ -125,11 +125,11 @@ def only_node(inventory, name: str | None) -> None:
 def main() -> int:
     benchlib.setup()
     benchlib.bound(2400)
-    from mailops import mailclient
-    from mailops.lab import Lab
-    from mailops.mailclient import message
-    from mailops.verify import service_for
-    from mailops.verify_nodes import BACKEND
+    from mailops.lab.lab import Lab
+    from mailops.verify import mailclient
+    from mailops.verify.mailclient import message
+    from mailops.verify.nodes import BACKEND
+    from mailops.verify.service import service_for
 
     run_id = uuid.uuid4().hex[:8]
     prefix = f"failover {run_id}"

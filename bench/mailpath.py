@@ -79,7 +79,7 @@ def heredoc_python(script: str, args: str = "") -> str:
 
 
 def ssh_ok(inventory, host, command: str, timeout: float = 60) -> str:
-    from mailops import remote
+    from mailops.inventory import remote
 
     res = remote.run(inventory, host, command, timeout=timeout)
     if res.returncode != 0:
@@ -140,7 +140,7 @@ def pct(samples: list[float]) -> dict:
 def main() -> int:
     benchlib.setup()
     benchlib.bound(2700)
-    from mailops import remote
+    from mailops.inventory import remote
 
     run_id = uuid.uuid4().hex[:8]
     with benchlib.own_lab(*LAB) as inv:

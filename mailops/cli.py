@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from mailops.environment import ROOT
-from mailops.errors import InventoryErrors, MailopsError
+from mailops.core.environment import ROOT
+from mailops.core.errors import InventoryErrors, MailopsError
 
 DEFAULT_INVENTORY = ROOT / "inventories" / "lab"
 
@@ -78,7 +78,7 @@ def _summary(what: str, changes: int, started: float, extra: str = "") -> str:
 
 
 def _lab_up(inventory, rebuild: bool) -> None:
-    from mailops.lab import Lab
+    from mailops.lab.lab import Lab
 
     lab = Lab(inventory)
     t0 = time.monotonic()
@@ -89,7 +89,7 @@ def _lab_up(inventory, rebuild: bool) -> None:
 
 
 def _bootstrap(inventory) -> None:
-    from mailops.bootstrap import bootstrap
+    from mailops.converge.bootstrap import bootstrap
 
     t0 = time.monotonic()
     result = bootstrap(inventory)
@@ -100,7 +100,7 @@ def _bootstrap(inventory) -> None:
 
 
 def _converge(inventory, check: bool = False, diff: bool = False) -> None:
-    from mailops.converge import converge
+    from mailops.converge.run import converge
 
     t0 = time.monotonic()
     result = converge(inventory, check=check, diff=diff)
@@ -113,7 +113,7 @@ def _converge(inventory, check: bool = False, diff: bool = False) -> None:
 def _up(inventory, rebuild: bool, as_json: bool) -> int:
     import contextlib
 
-    from mailops.up import up
+    from mailops.workflows.up import up
 
     t0 = time.monotonic()
     # With --json, stdout carries only the JSON: anything else goes to stderr.
@@ -135,17 +135,17 @@ def main(argv: list[str]) -> int:
         os.chdir(ROOT)
         os.execv(sys.executable, cmd)
     if args.command == "explain":
-        from mailops.explain import explain
+        from mailops.verify.explain import explain
 
         e = explain(args.reply)
         print(json.dumps(e.to_dict(), indent=2) if args.json else e.text())
         return 0 if e.known else 3
     try:
-        from mailops.model import load_inventory
+        from mailops.inventory.model import load_inventory
 
         inventory = load_inventory(args.inventory)
         if args.command == "lab":
-            from mailops.lab import Lab
+            from mailops.lab.lab import Lab
 
             lab = Lab(inventory)
             if args.action == "up":
@@ -163,13 +163,13 @@ def main(argv: list[str]) -> int:
         elif args.command == "converge":
             _converge(inventory, args.check, args.diff)
         elif args.command == "dns":
-            from mailops.dnsdeploy import command
+            from mailops.dns.deploy import command
 
             print(command(inventory, args.action, force=args.force, as_json=args.json))
         elif args.command == "up":
             return _up(inventory, args.rebuild_image, args.json)
         elif args.command == "verify":
-            from mailops.verify import full
+            from mailops.verify.run import full
 
             t0 = time.monotonic()
             report = full(inventory)
@@ -181,7 +181,7 @@ def main(argv: list[str]) -> int:
                 print(f"\nverify: {report.summary()} in {time.monotonic() - t0:.1f} s")
             return 0 if report.ok else 1
         elif args.command == "plan":
-            from mailops.up import plan
+            from mailops.workflows.plan import plan
 
             t0 = time.monotonic()
             result = plan(inventory)

@@ -88,8 +88,8 @@ def lab_inventory(tmp_path_factory) -> Path:
 def lab(lab_inventory):
     """The session's lab cluster: up and bootstrapped once, down at the end."""
     _need_root()
-    from mailops.lab import Lab
-    from mailops.model import load_inventory
+    from mailops.inventory.model import load_inventory
+    from mailops.lab.lab import Lab
 
     inventory = load_inventory(lab_inventory)
     if not KEEP_LAB:
@@ -111,11 +111,11 @@ class MailNode:
     accounts' passwords and the DKIM keys (read from the lab's vault)."""
 
     def __init__(self, inventory, host, tmp: Path) -> None:
-        from mailops.mailclient import Endpoint
-        from mailops.mailmodel import load_mail_model
-        from mailops.paths import vault_file
-        from mailops.pki import dkim_public_record
-        from mailops.secrets import load_secrets
+        from mailops.core.paths import vault_file
+        from mailops.secrets.pki import dkim_public_record
+        from mailops.secrets.vault import load_secrets
+        from mailops.site.mailmodel import load_mail_model
+        from mailops.verify.mailclient import Endpoint
 
         self.inventory = inventory
         self.model = load_mail_model(inventory)
@@ -144,7 +144,7 @@ class MailNode:
 @pytest.fixture(scope="session")
 def converged(lab, lab_inventory):
     """The session lab with the mail service deployed on it (`up` converged it)."""
-    from mailops.model import load_inventory
+    from mailops.inventory.model import load_inventory
 
     return load_inventory(lab_inventory)
 

@@ -1,4 +1,9 @@
-"""DNS for mail domains: desired records -> plan -> provider apply.
+"""Stage 5, dns: the mail domains' records, desired -> plan -> safety ->
+provider apply. May import: mailops.core, inventory, site, secrets.
+
+    settings   the site's mailops_dns_* settings, validated
+    desired    the records every zone must hold (model, addresses, DKIM keys)
+    deploy     plan / apply / reports: the one path CLI, up, tests and bench use
 
     records    what a mail domain needs (Record, MailDomainDNS, desired_records)
     policy     SPF / DMARC parsing and the SPF lookup count

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mailops.core.errors import MailopsError
 from mailops.dns.ownership import (
     check_owner_id,
     is_marker_name,
@@ -21,7 +22,6 @@ from mailops.dns.ownership import (
 )
 from mailops.dns.records import Record
 from mailops.dns.wire import normalize
-from mailops.errors import MailopsError
 
 Action = Literal["create", "update", "delete"]
 MIN_EXISTING_FOR_SAFETY = 4  # below this a zone is "fresh": any share may change

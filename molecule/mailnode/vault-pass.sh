@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(sys.argv[1]).parents[2]))
-from mailops.model import load_inventory  # noqa: E402
-from mailops.secrets import ensure_vault_password_file  # noqa: E402
+from mailops.inventory.model import load_inventory  # noqa: E402
+from mailops.secrets.vault import ensure_vault_password_file  # noqa: E402
 
 path = ensure_vault_password_file(load_inventory(Path(sys.argv[1])).vault_password_file)
 print(path.read_text().strip())

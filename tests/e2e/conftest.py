@@ -14,13 +14,13 @@ DNS_PLAYBOOK = ROOT / "mailops" / "playbooks" / "dns.yml"
 
 @dataclass(frozen=True)
 class DnsLab:
-    lab: object  # mailops.lab.Lab
-    inventory: object  # mailops.model.Inventory, re-read after the vault was completed
+    lab: object  # mailops.lab.lab.Lab
+    inventory: object  # mailops.inventory.model.Inventory, re-read after the vault was completed
     key: object  # mailops.dns.providers.rfc2136.TsigKey
     server: str  # the dns host's address
 
     def converge_dns(self):
-        from mailops.converge import run_playbook
+        from mailops.converge.run import run_playbook
 
         t0 = time.monotonic()
         result = run_playbook(self.inventory, playbook=DNS_PLAYBOOK)
@@ -32,8 +32,8 @@ class DnsLab:
 def dns_lab(lab, lab_inventory) -> DnsLab:
     """The session lab with its name server up (the bind role) and every host
     resolving through it; its zones hold only what the role wrote."""
-    from mailops.dnsdeploy import ensure_tsig
-    from mailops.model import load_inventory
+    from mailops.dns.deploy import ensure_tsig
+    from mailops.inventory.model import load_inventory
 
     inventory = load_inventory(lab_inventory)
     key = ensure_tsig(inventory)  # the vault, TSIG key included, before the play reads it

@@ -18,9 +18,9 @@ import uuid
 
 import pytest
 
-from mailops.mailclient import inbox_subjects as inbox_subjects_of
-from mailops.mailclient import message
-from mailops.verify_nodes import BACKEND
+from mailops.verify.mailclient import inbox_subjects as inbox_subjects_of
+from mailops.verify.mailclient import message
+from mailops.verify.nodes import BACKEND
 from tests.conftest import FIRST_UP, deploy
 
 pytestmark = pytest.mark.lab
@@ -32,7 +32,7 @@ BACKENDS = tuple(BACKEND.values())
 
 
 def lab_of(node):
-    from mailops.lab import Lab
+    from mailops.lab.lab import Lab
 
     return Lab(node.inventory)
 
@@ -51,7 +51,7 @@ def haproxy(node, command: str) -> str:
 
 def server_states(node) -> dict[tuple[str, str], str]:
     """(backend, server) -> UP/DOWN/MAINT... of the mail backends, from the balancer's stats."""
-    from mailops.verify_nodes import haproxy_states
+    from mailops.verify.nodes import haproxy_states
 
     lb = node.inventory.group("lb")[0]
     return {key: row["status"] for key, row in haproxy_states(node.inventory, lb).items()
@@ -145,12 +145,12 @@ def test_node_log_shows_the_clients_real_address(node):
 def test_mail_accepted_by_one_node_is_read_on_every_node(node):
     """Delivered on node A (injected there), then read through the balancer
     with IMAP and POP3 while only A, then only B, serves sessions."""
-    from mailops.mailclient import wait_imap, wait_pop3
+    from mailops.verify.mailclient import wait_imap, wait_pop3
 
     mail1 = node.inventory.group("mail")[0]
     addr, password = node.account("carol@example.net")
     subject = f"replicated {uuid.uuid4().hex[:10]}"
-    from mailops import remote
+    from mailops.inventory import remote
 
     res = remote.sendmail(node.inventory, mail1, addr, addr, subject, "hi")
     assert res.returncode == 0, res.stderr
@@ -169,7 +169,7 @@ def test_failover_loses_no_accepted_message(node):
     """300 messages through the balancer, one node powered off part way.
     Every 250 is found later; the balancer routes around the dead node within
     seconds; the node comes back, catches up and serves again."""
-    from mailops.lab import Lab
+    from mailops.lab.lab import Lab
 
     mail2 = node.inventory.group("mail")[1]
     addr, password = node.account("bob@example.test")

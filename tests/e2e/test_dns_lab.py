@@ -16,13 +16,15 @@ import dns.resolver
 import dns.update
 import pytest
 
-from mailops import dnsdeploy
+from mailops.core.paths import vault_file
+from mailops.dns import deploy as dnsdeploy
 from mailops.dns.plan import UnsafePlanError
 from mailops.dns.providers.rfc2136 import Rfc2136Provider, TsigKey
 from mailops.dns.wire import from_rdataset, normalize
-from mailops.mailmodel import load_mail_model
-from mailops.paths import vault_file
-from mailops.pki import dkim_public_record
+from mailops.secrets import wanted
+from mailops.secrets.pki import dkim_public_record
+from mailops.site import derived
+from mailops.site.mailmodel import load_mail_model
 
 pytestmark = pytest.mark.lab
 
@@ -40,7 +42,7 @@ def resolver(dns_lab) -> dns.resolver.Resolver:
 def desired(dns_lab):
     inv = dns_lab.inventory
     model = load_mail_model(inv)
-    from mailops.secrets import load_secrets  # after ansible_env (via mailops.dnsdeploy)
+    from mailops.secrets.vault import load_secrets  # after ansible_env (via mailops.dns.deploy)
 
     secrets = load_secrets(vault_file(inv.path), inv.vault_password_file)
     return model, secrets, dnsdeploy.desired_for(inv, model, secrets)
@@ -48,7 +50,7 @@ def desired(dns_lab):
 
 def test_name_server_is_authoritative_for_every_lab_zone(dns_lab):
     model = load_mail_model(dns_lab.inventory)
-    zones = dnsdeploy.zones_served(model, dnsdeploy.settings(dns_lab.inventory))
+    zones = derived.zones_served(model, dnsdeploy.settings(dns_lab.inventory).external_domain)
     assert "ext.test" in zones
     for zone in zones:
         response = dns.query.udp(dns.message.make_query(zone, "SOA"), dns_lab.server,
@@ -70,7 +72,7 @@ def test_external_domain_has_its_mail_records(dns_lab):
 
 
 def test_updates_and_transfers_need_the_key(dns_lab):
-    wrong = TsigKey("mailops", dnsdeploy.new_tsig_secret())
+    wrong = TsigKey("mailops", wanted.new_tsig_secret())
     provider = Rfc2136Provider(dns_lab.server, key=wrong, timeout=3)
     with pytest.raises(Exception, match=r"BADSIG|signature"):
         provider.current("example.test")
@@ -165,7 +167,7 @@ def test_refused_update_says_what_was_applied_and_second_run_finishes(dns_lab, m
 
         def flaky(plan):
             if plan.zone == "example.net":
-                provider.key = TsigKey(provider.key.name, dnsdeploy.new_tsig_secret())
+                provider.key = TsigKey(provider.key.name, wanted.new_tsig_secret())
             return apply(plan)
 
         provider.apply = flaky

@@ -16,7 +16,7 @@ import time
 import dkim
 import pytest
 
-from mailops.mailclient import message, wait_imap, wait_pop3
+from mailops.verify.mailclient import message, wait_imap, wait_pop3
 
 pytestmark = pytest.mark.lab
 
@@ -220,7 +220,7 @@ def test_second_converge_changes_nothing_and_logs_no_secret(node, lab_inventory)
 
 
 def node_journal(node) -> str:
-    from mailops.lab import Lab
+    from mailops.lab.lab import Lab
 
     host = node.inventory.group("mail")[0]
     return Lab(node.inventory).ssh(host, "journalctl --no-pager -q -o cat", timeout=60).stdout

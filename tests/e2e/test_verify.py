@@ -13,9 +13,9 @@ import dns.rcode
 import dns.update
 import pytest
 
-from mailops import pki
 from mailops.dns.records import split_txt
-from mailops.verify_nodes import BACKEND
+from mailops.secrets import pki
+from mailops.verify.nodes import BACKEND
 from tests.conftest import deploy
 
 pytestmark = pytest.mark.lab
@@ -42,7 +42,7 @@ def find(report: dict, result: str, check: str, target: str = "") -> list[dict]:
 
 
 def ssh(node, host, command: str) -> str:
-    from mailops.lab import Lab
+    from mailops.lab.lab import Lab
 
     res = Lab(node.inventory).ssh(host, command, timeout=120)
     assert res.returncode == 0, f"{host.name}: {command}\n{res.stdout}\n{res.stderr}"
@@ -60,7 +60,7 @@ ALL_BACKENDS = tuple(BACKEND.values())
 def wait_health(node, host, want_up: bool, backends=DOVECOT_BACKENDS,
                 timeout: float = 30) -> None:
     """Until the balancer has the node UP (or not) in these backends."""
-    from mailops.verify_nodes import haproxy_states
+    from mailops.verify.nodes import haproxy_states
 
     lb = node.inventory.group("lb")[0]
     deadline = time.monotonic() + timeout
@@ -148,7 +148,7 @@ def test_dkim_record_changed_to_another_key(node, lab_inventory, dns_lab):
 def install_certificate(node, names: list[str], days: int) -> None:
     """A certificate from the deployment's CA, put in place by hand on every
     node (the key goes over SSH's stdin, never on a command line)."""
-    from mailops import remote
+    from mailops.inventory import remote
 
     cert = pki.issue_certificate(node.secrets.ca, names, days=days)
     files = {"/etc/mailops/tls/fullchain.pem": cert.cert_pem.strip() + "\n"

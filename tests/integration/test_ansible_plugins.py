@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mailops import ansible_env
+from mailops.core import ansible_env
 
 BIN = Path(sys.executable).parent
 SECRET = "s3cret-Key-Material-93d1"

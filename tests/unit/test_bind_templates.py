@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mailops.dnsdeploy import new_tsig_secret
-from mailops.templating import render
+from mailops.converge.templating import render
+from mailops.secrets.wanted import new_tsig_secret
 
 ZONES = ["example.test", "example.net", "ext.test"]
 

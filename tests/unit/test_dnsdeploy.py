@@ -13,16 +13,18 @@ import jinja2
 import pytest
 import yaml
 
-from mailops import dnsdeploy, pki
+from mailops.core.errors import InventoryErrors, MailopsError
+from mailops.dns import deploy as dnsdeploy
 from mailops.dns.plan import UnsafePlanError
 from mailops.dns.providers.base import ProviderError
 from mailops.dns.providers.rfc2136 import Rfc2136Provider
 from mailops.dns.providers.route53 import Route53Provider
 from mailops.dns.providers.zonefile import ZoneFileProvider
-from mailops.errors import InventoryErrors, MailopsError
-from mailops.mailmodel import MailModel, load_mail_model
-from mailops.model import load_inventory
-from mailops.secrets import Secrets
+from mailops.inventory.model import load_inventory
+from mailops.secrets import pki, wanted
+from mailops.secrets.vault import Secrets
+from mailops.site import derived
+from mailops.site.mailmodel import MailModel, load_mail_model
 from tests.conftest import lab_inventory_copy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,9 +143,9 @@ SERVICE_ZONE_CASES = [
 
 @pytest.mark.parametrize(("service", "domains", "zone"), SERVICE_ZONE_CASES)
 def test_service_zone_matches_the_playbook(service, domains, zone):
-    assert dnsdeploy.service_zone(_model(service, domains)) == zone
+    assert derived.service_zone(_model(service, domains)) == zone
     # The playbooks compute the same zone for the name server, in Jinja.
-    dns_vars = yaml.safe_load((ROOT / "mailops/playbooks/vars/dns.yml").read_text())
+    dns_vars = yaml.safe_load((ROOT / "mailops/converge/playbooks/vars/dns.yml").read_text())
     expr = dns_vars["_mailops_service_zone"]
     rendered = jinja2.Environment().from_string(expr).render(
         mailops_service_name=service, mailops_domains=list(domains))
@@ -158,7 +160,7 @@ def test_service_outside_the_mail_domains_gets_its_own_zone(tmp_path):
         ("mx", "A", (str(inv.group("lb")[0].address),))]
     assert not any(r.type == "A" and r.name == "mail" for r in desired["example.test"])
     cfg = dnsdeploy.settings(inv)
-    assert dnsdeploy.zones_served(model, cfg) == ["example.test", "example.net",
+    assert derived.zones_served(model, cfg.external_domain) == ["example.test", "example.net",
                                                   "provider.test", "ext.test"]
 
 
@@ -176,7 +178,7 @@ def test_lab_settings_publish_to_the_lab_name_server():
 
 def test_rfc2136_provider_uses_the_vault_key():
     inv = load_inventory(LAB)
-    secret = dnsdeploy.new_tsig_secret()
+    secret = wanted.new_tsig_secret()
     assert len(base64.b64decode(secret)) == 32
     p = dnsdeploy.provider_for(inv, secrets=fake_secrets([], tsig=secret))
     assert isinstance(p, Rfc2136Provider)
@@ -251,10 +253,10 @@ def test_zonefile_needs_dir_and_nameservers(tmp_path):
 
 
 def test_wanted_secrets_only_with_own_name_server(tmp_path):
-    wanted = dnsdeploy.wanted_secrets(load_inventory(LAB))
-    assert list(wanted) == ["tsig_mailops"]
-    assert wanted["tsig_mailops"]() != wanted["tsig_mailops"]()  # random each time
-    assert dnsdeploy.wanted_secrets(inv_with(tmp_path, hosts=["mail1"])) == {}
+    extra = wanted.wanted_extra(load_inventory(LAB))
+    assert list(extra) == ["tsig_mailops"]
+    assert extra["tsig_mailops"]() != extra["tsig_mailops"]()  # random each time
+    assert wanted.wanted_extra(inv_with(tmp_path, hosts=["mail1"])) == {}
 
 
 # --- plan and apply, offline (zonefile) ----------------------------------------------
@@ -265,7 +267,7 @@ def zonefile_inv(tmp_path, monkeypatch):
     monkeypatch.setenv("MAILOPS_VAULT_PASSWORD_FILE", str(tmp_path / "vault-pass"))
     inv = inv_with(tmp_path, mailops_dns_provider="zonefile", mailops_dns_zonefile_dir="zones",
                    mailops_dns_zonefile_nameservers=["ns.example.org"])
-    from mailops.converge import ensure_secrets
+    from mailops.secrets.wanted import ensure_secrets
 
     inv, _ = ensure_secrets(inv, load_mail_model(inv))
     return inv

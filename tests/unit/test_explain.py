@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mailops.explain import explain
+from mailops.verify.explain import explain
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mailops.errors import InventoryErrors
-from mailops.model import load_inventory
+from mailops.core.errors import InventoryErrors
+from mailops.inventory.model import load_inventory
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "inventories" / "lab"

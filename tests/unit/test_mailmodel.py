@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mailops.errors import InventoryErrors
-from mailops.mailmodel import load_mail_model
-from mailops.model import load_inventory
+from mailops.core.errors import InventoryErrors
+from mailops.inventory.model import load_inventory
+from mailops.site.mailmodel import load_mail_model
 from tests.conftest import lab_inventory_copy
 
 ROOT = Path(__file__).resolve().parents[2]

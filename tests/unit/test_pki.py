@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from mailops import pki
+from mailops.secrets import pki
 
 NAMES = ["mail.example.com", "smtp.example.com", "imap.example.com"]
 

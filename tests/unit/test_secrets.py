@@ -15,8 +15,8 @@ import yaml
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from mailops import pki
-from mailops.secrets import (
+from mailops.secrets import pki
+from mailops.secrets.vault import (
     Secrets,
     SecretsError,
     ensure_secrets,

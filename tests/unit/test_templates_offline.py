@@ -1,5 +1,5 @@
 """Offline validation: render every mail template from the lab model with the
-roles' own variables (mailops/playbooks/render.yml), then check the result
+roles' own variables (mailops/converge/playbooks/render.yml), then check the result
 with the real tools of the target release (`postfix check`, `doveconf -n`,
 `rspamadm configtest`), so a broken template fails in seconds, before any
 host is touched.
@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mailops import pki
-from mailops.durations import seconds
-from mailops.environment import ROOT
+from mailops.core.durations import seconds
+from mailops.core.environment import ROOT
+from mailops.secrets import pki
 from tests.conftest import lab_inventory_copy
 
 BANNER = "Managed by mailops; local changes are overwritten."
@@ -64,7 +64,8 @@ def render(inventory: Path, dest: Path, extra_vars: Path,
            *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "ANSIBLE_CONFIG": "", "ANSIBLE_NOCOLOR": "1"}
     argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
-            str(ROOT / "mailops/playbooks/render.yml"), "-e", f"mailops_render_host={HOST}",
+            str(ROOT / "mailops/converge/playbooks/render.yml"),
+            "-e", f"mailops_render_host={HOST}",
             "-e", f"mailops_render_dir={dest}", "-e", f"@{extra_vars}", *extra]
     return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT,
                           stdin=subprocess.DEVNULL, timeout=300)
@@ -132,7 +133,7 @@ def validator_root() -> Path:
     """A Debian 12 root with the mail packages, built once and cached."""
     if os.geteuid() != 0 or shutil.which("systemd-nspawn") is None:
         pytest.skip("offline validation runs the tools in systemd-nspawn (needs root)")
-    from mailops.lab import STATE_ROOT, ensure_image
+    from mailops.lab.lab import STATE_ROOT, ensure_image
 
     base, _ = ensure_image()
     digest = hashlib.sha256(f"{base}|{' '.join(VALIDATOR_PACKAGES)}".encode()).hexdigest()[:10]
@@ -234,10 +235,10 @@ def test_postfix_pause_is_shorter_than_the_balancers_check_timeout(rendered):
 
 def test_mta_sts_policy_is_the_one_whose_id_is_published(rendered):
     """HAProxy serves the text vars/model.yml writes; DNS publishes the id
-    of the text mailops.mtasts writes: they must be the same text."""
-    from mailops import mtasts
-    from mailops.mailmodel import load_mail_model
-    from mailops.model import load_inventory
+    of the text mailops.site.mtasts writes: they must be the same text."""
+    from mailops.inventory.model import load_inventory
+    from mailops.site import mtasts
+    from mailops.site.mailmodel import load_mail_model
 
     model = load_mail_model(load_inventory(ROOT / "inventories" / "lab"))
     served = (rendered / "etc/haproxy/mta-sts.txt").read_text()

@@ -6,8 +6,9 @@ from __future__ import annotations
 import smtplib
 import ssl
 
-from mailops.verify import FAIL, OK, WARN, RelayOpen, Report, Row, _failure
-from mailops.verify_external import _auth_results
+from mailops.verify.external import auth_results
+from mailops.verify.probes import RelayOpen, failure_cause
+from mailops.verify.report import FAIL, OK, WARN, Report, Row
 
 
 def test_report_counts_and_fails_only_on_failures():
@@ -23,26 +24,26 @@ def test_report_counts_and_fails_only_on_failures():
 
 
 def test_smtp_reply_is_explained():
-    cause, remedy = _failure(smtplib.SMTPResponseException(550, b"5.1.1 User unknown"),
+    cause, remedy = failure_cause(smtplib.SMTPResponseException(550, b"5.1.1 User unknown"),
                              "192.0.2.1", 25, "lb1")
     assert "550" in cause and "does not exist" in cause and "before @" in remedy
     # smtplib's other shape: every recipient refused, the reply per recipient.
     refused = smtplib.SMTPRecipientsRefused({"x@y": (552, b"5.2.2 Mailbox is full")})
-    cause, remedy = _failure(refused, "192.0.2.1", 587, "lb1")
+    cause, remedy = failure_cause(refused, "192.0.2.1", 587, "lb1")
     assert "552" in cause and "full" in cause and "quota" in remedy
 
 
 def test_open_relay_and_refused_connection_name_their_fix():
-    cause, remedy = _failure(RelayOpen(250, b"2.1.5 Ok"), "192.0.2.1", 25, "lb1")
+    cause, remedy = failure_cause(RelayOpen(250, b"2.1.5 Ok"), "192.0.2.1", 25, "lb1")
     assert cause.startswith("OPEN RELAY") and "mynetworks" in remedy
-    cause, remedy = _failure(ConnectionRefusedError(), "192.0.2.1", 993, "lb1")
+    cause, remedy = failure_cause(ConnectionRefusedError(), "192.0.2.1", 993, "lb1")
     assert "192.0.2.1:993" in cause and "haproxy" in remedy
 
 
 def test_certificate_failure_names_the_certificate():
     exc = ssl.SSLCertVerificationError("certificate verify failed")
     exc.verify_message = "Hostname mismatch, certificate is not valid for 'mail.example.test'."
-    cause, remedy = _failure(exc, "192.0.2.1", 465, "lb1")
+    cause, remedy = failure_cause(exc, "192.0.2.1", 465, "lb1")
     assert "does not verify" in cause and "Hostname mismatch" in cause
     assert "converge" in remedy
 
@@ -55,5 +56,5 @@ def test_authentication_results_are_read_from_folded_headers():
            "permitted sender) smtp.mailfrom=a@example.test;\n"
            "\tdmarc=pass (policy=quarantine) header.from=example.test\n"
            "Subject: s\n\nbody dkim=fail\n")
-    assert _auth_results(raw) == {"dkim": "pass", "spf": "pass", "dmarc": "pass"}
-    assert _auth_results("Subject: s\n\nx") == {}
+    assert auth_results(raw) == {"dkim": "pass", "spf": "pass", "dmarc": "pass"}
+    assert auth_results("Subject: s\n\nx") == {}

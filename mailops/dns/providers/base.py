@@ -6,9 +6,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mailops.core.errors import MailopsError
 from mailops.dns.plan import Change, Plan
 from mailops.dns.records import Record
-from mailops.errors import MailopsError
 
 
 def describe(changes: Sequence[Change], limit: int = 8) -> str:

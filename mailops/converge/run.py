@@ -15,14 +15,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailops.environment import ROOT, venv_bin
-from mailops.errors import MailopsError
-from mailops.mailmodel import MailModel, load_mail_model
-from mailops.model import Inventory, load_inventory
-from mailops.paths import vault_file
-from mailops.progress import step, table
+from mailops.core.environment import ROOT, venv_bin
+from mailops.core.errors import MailopsError
+from mailops.core.progress import step, table
+from mailops.inventory.model import Inventory
+from mailops.secrets.wanted import ensure_secrets
+from mailops.site.mailmodel import load_mail_model
 
-SITE = ROOT / "mailops" / "playbooks" / "site.yml"
+SITE = ROOT / "mailops" / "converge" / "playbooks" / "site.yml"
 RECAP_RE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+"
                       r"failed=(\d+)\s+skipped=(\d+)\s+rescued=(\d+)\s+ignored=(\d+)")
 
@@ -53,45 +53,10 @@ class ConvergeResult:
         return table(["host", "ok", "changed", "failed", "unreachable"], rows)
 
 
-def ensure_secrets(inventory: Inventory, model: MailModel) -> tuple[Inventory, list[str]]:
-    """Complete the vault; returns the inventory re-read when it changed."""
-    from mailops.dnsdeploy import wanted_secrets
-    from mailops.secrets import ensure_secrets as _ensure
-    from mailops.secrets import ensure_vault_password_file
-
-    vault = vault_file(inventory.path)
-    password = inventory.vault_password_file
-    if vault.exists() and not password.exists():
-        raise MailopsError(f"{vault}: encrypted with a password file {password} that is gone;"
-                           " set MAILOPS_VAULT_PASSWORD_FILE to it (never make a new one for an"
-                           " existing vault)")
-    ensure_vault_password_file(password)
-    from mailops import mtasts
-
-    # The certificate also names the MTA-STS policy hosts the balancer serves.
-    names = [model.service_name, *(mtasts.hosts(model) if mtasts.enabled(model, inventory)
-                                   else [])]
-    _, changes = _ensure(
-        vault, password, names, list(model.domains), model.tls_mode,
-        mailboxes=[m.address for m in model.mailboxes if m.password_hash is None],
-        extra_wanted=wanted_secrets(inventory))
-    for change in changes:
-        step("secrets", "-", change)
-    if changes:
-        inventory = load_inventory(inventory.path)
-    return inventory, changes
-
-
 def ansible_env(inventory: Inventory) -> dict[str, str]:
-    env = dict(os.environ)
-    if inventory.lab is not None:
-        from mailops.lab import Lab
-
-        lab = Lab(inventory)
-        # Strict host keys from the lab's known_hosts, the lab's key, and a
-        # persistent control connection so tasks reuse one SSH session.
-        env["ANSIBLE_PRIVATE_KEY_FILE"] = str(lab.ssh_key)
-        env["ANSIBLE_SSH_COMMON_ARGS"] = f"-F {lab.ssh_config}"
+    # Strict host keys and the hosts' key (Inventory.connection), and a
+    # persistent control connection so tasks reuse one SSH session.
+    env = dict(os.environ) | inventory.ansible_ssh_env()
     env.setdefault("ANSIBLE_SSH_ARGS", "-o ControlMaster=auto -o ControlPersist=120s")
     return env
 

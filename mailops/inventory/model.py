@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from mailops import ansible_env  # noqa: F401  (must precede ansible imports)
-from mailops.errors import InventoryError, InventoryErrors
-from mailops.paths import vault_password_file
+from mailops.core import ansible_env  # noqa: F401  (must precede ansible imports)
+from mailops.core.errors import InventoryError, InventoryErrors
+from mailops.core.paths import lab_known_hosts, lab_ssh_key, vault_password_file
 
 GROUPS = ("lb", "mail", "dns", "external")
 LAB_RANGE = IPv4Network("198.18.0.0/15")
@@ -39,6 +39,27 @@ class Host:
     apt_proxy: str | None = None
     timezone: str = "Etc/UTC"
     ntp_servers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How mailops and Ansible reach a host over SSH: strict host key
+    checking, no prompts."""
+
+    address: str
+    port: int
+    user: str
+    key_file: str | None
+    known_hosts: str | None  # None: ssh's own (~/.ssh/known_hosts)
+
+    def ssh_argv(self) -> list[str]:
+        argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+                "-o", "StrictHostKeyChecking=yes", "-p", str(self.port), "-l", self.user]
+        if self.known_hosts:
+            argv += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        if self.key_file:
+            argv += ["-i", self.key_file]
+        return [*argv, self.address]
 
 
 @dataclass(frozen=True)
@@ -77,6 +98,32 @@ class Inventory:
     # can never end up in a report.
     variables: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     vault_password_file: Path | None = None
+    # mailops_ssh_known_hosts_file: where the hosts' SSH keys are recorded
+    # (a lab records its own); None: ssh's default.
+    known_hosts: str | None = None
+
+    def connection(self, host: Host) -> Connection:
+        """The one place that says how a host is reached; a lab's hosts by
+        the key and known_hosts file the lab made for them."""
+        key, known = host.ssh_key, self.known_hosts
+        if self.lab is not None:
+            key = key or str(lab_ssh_key(self.lab.name))
+            known = known or str(lab_known_hosts(self.lab.name))
+        return Connection(str(host.address), host.ssh_port, host.ssh_user, key, known)
+
+    def ansible_ssh_env(self) -> dict[str, str]:
+        """The same, for Ansible: the key and known_hosts file that are not
+        already in the inventory (ansible_ssh_private_key_file)."""
+        env = {}
+        conns = [self.connection(h) for h in self.hosts]
+        known = {c.known_hosts for c in conns if c.known_hosts}
+        if known:
+            env["ANSIBLE_SSH_COMMON_ARGS"] = " ".join(
+                f"-o UserKnownHostsFile={k}" for k in sorted(known)) + \
+                " -o StrictHostKeyChecking=yes"
+        if self.lab is not None:
+            env["ANSIBLE_PRIVATE_KEY_FILE"] = str(lab_ssh_key(self.lab.name))
+        return env
 
     def group(self, name: str) -> tuple[Host, ...]:
         return tuple(h for h in self.hosts if name in h.groups)
@@ -86,6 +133,26 @@ class Inventory:
             if h.name == name:
                 return h
         raise KeyError(name)
+
+    def site_vars(self) -> dict[str, Any]:
+        """Site data (group_vars/all) as Ansible resolves it: every host sees
+        it; read where the mail model is, on the first mail node."""
+        mail = self.group("mail")
+        return self.variables.get(mail[0].name, {}) if mail else {}
+
+    def defined_in(self, key: str, default_file: str) -> Path:
+        """The group_vars file that sets key (for error messages), else the
+        file of group_vars/all where it belongs."""
+        gv = self.path / "group_vars"
+        for file in sorted(gv.rglob("*.yml")) if gv.exists() else []:
+            try:
+                text = file.read_text()
+                data = {} if text.startswith("$ANSIBLE_VAULT") else yaml.safe_load(text)
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(data, dict) and key in data:
+                return file
+        return gv / "all" / default_file
 
 
 # ---------------------------------------------------------------- raw YAML pass
@@ -389,5 +456,7 @@ def load_inventory(path: Path | str) -> Inventory:
             "add `mail: {hosts: {mail1: {ansible_host: ...}}}` under all.children"))
     if errors:
         raise InventoryErrors(errors)
+    known = (data.get("all") or {}).get("vars", {}) or {}
+    known = known.get("mailops_ssh_known_hosts_file")
     return Inventory(path=inv_dir, hosts=tuple(hosts), lab=lab, variables=variables,
-                     vault_password_file=password_file)
+                     vault_password_file=password_file, known_hosts=known)

@@ -1,24 +1,15 @@
-"""Run a command on an inventory host over SSH, the way Ansible reaches it:
-the lab's own SSH config and keys for a lab, else the host's user, port and
-key from the inventory (strict host key checking, no prompts)."""
+"""Run a command on an inventory host over SSH, the way Ansible reaches it
+(Inventory.connection: strict host key checking, no prompts)."""
 
 from __future__ import annotations
 
 import subprocess
 
-from mailops.model import Host, Inventory
+from mailops.inventory.model import Host, Inventory
 
 
 def ssh_argv(inventory: Inventory, host: Host) -> list[str]:
-    if inventory.lab is not None:
-        from mailops.lab import Lab
-
-        return Lab(inventory).ssh_argv(host)
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-p", str(host.ssh_port),
-            "-l", host.ssh_user]
-    if host.ssh_key:
-        argv += ["-i", host.ssh_key]
-    return [*argv, str(host.address)]
+    return inventory.connection(host).ssh_argv()
 
 
 def run(inventory: Inventory, host: Host, command: str, timeout: float = 60,

@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from io import StringIO
 
-from mailops.model import Host, Inventory
-from mailops.progress import step, table
-from mailops.templating import render
+from mailops.converge.templating import render
+from mailops.core.progress import step, table
+from mailops.inventory.model import Host, Inventory
 
 PACKAGES = ["python3", "python3-apt", "chrony"]
 
@@ -36,20 +36,13 @@ class BootstrapResult:
 
 
 def _ssh_data(host: Host, inventory: Inventory) -> dict:
-    data = {"ssh_hostname": str(host.address), "ssh_user": host.ssh_user,
-            "ssh_port": host.ssh_port, "mailops_host": host}
-    key, known_hosts = host.ssh_key, None
-    if inventory.lab is not None:
-        from mailops.lab import Lab
-
-        lab = Lab(inventory)
-        key = key or str(lab.ssh_key)
-        known_hosts = str(lab.known_hosts)
-    if key:
-        data["ssh_key"] = key
-    if known_hosts:
-        data["ssh_known_hosts_file"] = known_hosts
-        data["ssh_strict_host_key_checking"] = "yes"
+    conn = inventory.connection(host)
+    data = {"ssh_hostname": conn.address, "ssh_user": conn.user, "ssh_port": conn.port,
+            "mailops_host": host, "ssh_strict_host_key_checking": "yes"}
+    if conn.key_file:
+        data["ssh_key"] = conn.key_file
+    if conn.known_hosts:
+        data["ssh_known_hosts_file"] = conn.known_hosts
     return data
 
 

@@ -9,10 +9,12 @@ import re
 import time
 import uuid
 
-from mailops import remote
-from mailops.mailclient import message, wait_imap
-from mailops.model import Inventory
-from mailops.verify import FAIL, OK, Report, Row, Service, _delete, _run
+from mailops.inventory import remote
+from mailops.inventory.model import Inventory
+from mailops.verify.mailclient import message, wait_imap
+from mailops.verify.probes import delete_message, run
+from mailops.verify.report import FAIL, OK, Outcome, Report, Row
+from mailops.verify.service import Service
 
 MAILDIR = "/home/catchall/Maildir"
 
@@ -45,7 +47,7 @@ def check_external(inventory: Inventory, svc: Service, report: Report,
                                f"on {ext.name}: `systemctl status postfix`; `deploy.py "
                                "converge` sets it up"))
     else:
-        def inbound() -> str:
+        def inbound() -> Outcome:
             t0 = time.monotonic()
             try:
                 wait_imap(ep, user, password, subject, timeout)
@@ -53,18 +55,24 @@ def check_external(inventory: Inventory, svc: Service, report: Report,
                 raise AssertionError(
                     f"not delivered within {timeout:.0f} s; {ext.name} says: "
                     f"{_queue_reason(inventory, ext, subject)}") from None
-            return f"arrived by MX through the balancer in {time.monotonic() - t0:.1f} s"
+            took = time.monotonic() - t0
+            return Outcome.ok(f"arrived by MX through the balancer in {took:.1f} s")
 
-        _run(report, f"inbound from {ext.name}", f"{sender} -> {user}", 25, svc, inbound)
-        _delete(ep, user, password, subject)
+        run(report, f"inbound from {ext.name}", f"{sender} -> {user}", 25, svc, inbound)
+        delete_message(ep, user, password, subject)
 
     # Outbound: we deliver to the other domain; its rspamd judges us.
     subject = f"mailops outbound {uuid.uuid4().hex[:10]}"
     rcpt = f"verify@{domain}"
     target = f"{user} -> {rcpt}"
-    if not _run(report, f"send to {domain} on 587", target, 587, svc, lambda: (
-            ep.send(587, user, password, message(user, [rcpt], subject)) == {}
-            and "accepted (250)")):
+
+    def send() -> Outcome:
+        refused = ep.send(587, user, password, message(user, [rcpt], subject))
+        if refused:
+            raise AssertionError(f"recipients refused: {refused}")
+        return Outcome.ok("accepted (250)")
+
+    if not run(report, f"send to {domain} on 587", target, 587, svc, send):
         return
     find = (f"grep -l -F 'Subject: {subject}' {MAILDIR}/new/* 2>/dev/null | head -1 | "
             "xargs -r sh -c 'cat \"$0\"; rm -f \"$0\"'")
@@ -86,7 +94,7 @@ def check_external(inventory: Inventory, svc: Service, report: Report,
         return
     report.rows.append(Row(f"outbound to {ext.name}", target, OK,
                            f"received after {time.monotonic() - t0:.1f} s"))
-    results = _auth_results(raw)
+    results = auth_results(raw)
     remedies = {
         "dkim": "the nodes must sign with the key published in DNS: `deploy.py verify` DKIM "
                 "rows, `deploy.py dns apply`; rspamd must sign (`journalctl -u rspamd`)",
@@ -103,7 +111,7 @@ def check_external(inventory: Inventory, svc: Service, report: Report,
                                "" if got == "pass" else remedies[method]))
 
 
-def _auth_results(raw: str) -> dict[str, str]:
+def auth_results(raw: str) -> dict[str, str]:
     """method -> result from the Authentication-Results header(s)."""
     unfolded = re.sub(r"\r?\n[ \t]+", " ", raw.split("\n\n", 1)[0])
     out: dict[str, str] = {}

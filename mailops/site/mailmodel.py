@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mailops.errors import InventoryError, InventoryErrors
-from mailops.model import Inventory
+from mailops.core.errors import InventoryError, InventoryErrors
+from mailops.inventory.model import Inventory
 
 DNS_NAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 LOCAL_RE = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
@@ -53,22 +50,6 @@ class MailModel:
         raise KeyError(address)
 
 
-def _defined_in(inventory: Inventory, key: str) -> Path:
-    """The group_vars file that sets key (for error messages)."""
-    gv = inventory.path / "group_vars"
-    for file in sorted(gv.rglob("*.yml")) if gv.exists() else []:
-        try:
-            text = file.read_text()
-            if text.startswith("$ANSIBLE_VAULT"):
-                continue
-            data = yaml.safe_load(text) or {}
-        except (OSError, yaml.YAMLError):
-            continue
-        if isinstance(data, dict) and key in data:
-            return file
-    return gv / "all" / "mail.yml"
-
-
 def _address_ok(address: Any) -> bool:
     if not isinstance(address, str) or address.count("@") != 1:
         return False
@@ -78,13 +59,12 @@ def _address_ok(address: Any) -> bool:
 
 def load_mail_model(inventory: Inventory) -> MailModel:
     """Validate the mail model that every mail host sees."""
-    mail_hosts = inventory.group("mail")
-    hv = inventory.variables.get(mail_hosts[0].name, {}) if mail_hosts else {}
+    hv = inventory.site_vars()
     errors: list[InventoryError] = []
 
     def err(key: str, problem: str, fix: str) -> None:
-        errors.append(InventoryError(_defined_in(inventory, key.split(".")[0].split("[")[0]),
-                                     key, problem, fix))
+        errors.append(InventoryError(
+            inventory.defined_in(key.split(".")[0].split("[")[0], "mail.yml"), key, problem, fix))
 
     def need(key: str, kind: type | tuple[type, ...], fix: str) -> Any:
         if key not in hv:
@@ -192,7 +172,7 @@ def load_mail_model(inventory: Inventory) -> MailModel:
     if tls_mode not in TLS_MODES:
         err("mailops_tls_mode", f"{tls_mode!r} is not a TLS mode",
             f"use one of {', '.join(TLS_MODES)}")
-    from mailops.mtasts import MODES as STS_MODES
+    from mailops.site.mtasts import MODES as STS_MODES
 
     mta_sts = hv.get("mailops_mta_sts", "testing")
     if mta_sts not in STS_MODES:

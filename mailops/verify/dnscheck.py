@@ -13,11 +13,11 @@ import dns.resolver
 import dns.reversename
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from mailops import remote
+from mailops.core.errors import MailopsError
 from mailops.dns.plan import Plan
-from mailops.errors import MailopsError
-from mailops.model import Inventory
-from mailops.verify import FAIL, OK, WARN, Report, Row
+from mailops.inventory import remote
+from mailops.inventory.model import Inventory
+from mailops.verify.report import FAIL, OK, WARN, Report, Row
 
 DNS_REMEDY = ("`deploy.py dns plan` shows the difference; `deploy.py dns apply` publishes "
               "the planned records")
@@ -26,7 +26,7 @@ DNS_REMEDY = ("`deploy.py dns plan` shows the difference; `deploy.py dns apply` 
 def resolver_for(inventory: Inventory) -> dns.resolver.Resolver:
     """Asks the deployment's own name server when mailops runs it (rfc2136),
     else the system's resolver."""
-    from mailops.dnsdeploy import settings
+    from mailops.dns.deploy import settings
 
     cfg = settings(inventory)
     if cfg.provider == "rfc2136" and cfg.rfc2136_server:
@@ -77,9 +77,9 @@ def _dkim_p(record: str) -> str:
 
 
 def check_dns(inventory: Inventory, report: Report) -> None:
-    from mailops import dnsdeploy
+    from mailops.dns import deploy as dnsdeploy
     from mailops.dns.policy import spf_lookup_count
-    from mailops.mailmodel import load_mail_model
+    from mailops.site.mailmodel import load_mail_model
 
     model = load_mail_model(inventory)
     try:
@@ -189,8 +189,8 @@ def _https_get(address: str, host: str, path: str, ca_file) -> tuple[int, str]:
 def check_mta_sts(inventory: Inventory, svc, report: Report) -> None:
     """The policy each domain's senders fetch: served over HTTPS with a
     valid certificate, naming our MX, and the same text whose id is published."""
-    from mailops import mtasts
-    from mailops.mailmodel import load_mail_model
+    from mailops.site import mtasts
+    from mailops.site.mailmodel import load_mail_model
 
     model = load_mail_model(inventory)
     if not mtasts.enabled(model, inventory):

@@ -7,7 +7,7 @@ from functools import cache
 
 import jinja2
 
-from mailops.environment import ROOT
+from mailops.core.environment import ROOT
 
 TEMPLATES = ROOT / "templates"
 BANNER = "Managed by mailops; local changes are overwritten."

@@ -26,7 +26,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mailops import ansible_env  # noqa: F401  (must precede ansible imports)
+from mailops.core import ansible_env  # noqa: F401  (must precede ansible imports)
 
 # isort: split
 from ansible.errors import AnsibleError
@@ -38,9 +38,9 @@ from ansible.parsing.vault import (
     is_encrypted,
 )
 
-from mailops import pki
-from mailops.errors import MailopsError
-from mailops.pki import KeyCert
+from mailops.core.errors import MailopsError
+from mailops.secrets import pki
+from mailops.secrets.pki import KeyCert
 
 TLS_MODES = ("internal", "acme", "files")
 PASSWORD_FILE_ENV = "MAILOPS_VAULT_PASSWORD_FILE"

@@ -1,9 +1,7 @@
 """`deploy.py up`, the main job: from an inventory to a working, verified
 mail service. Lab (for a lab inventory) -> bootstrap -> converge -> DNS
 publish -> verify, then a summary of the hosts, what changed, the DNS
-records and how to connect. `plan` shows what up would change, changing
-nothing.
-"""
+records and how to connect. """
 
 from __future__ import annotations
 
@@ -11,10 +9,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailops.errors import MailopsError
-from mailops.model import Inventory, load_inventory
-from mailops.progress import step, table
-from mailops.verify import PORTS, Report, Service
+from mailops.core.errors import MailopsError
+from mailops.core.progress import step, table
+from mailops.inventory.model import Inventory, load_inventory
+from mailops.verify.report import Report
+from mailops.verify.service import PORTS, Service
 
 
 @dataclass
@@ -109,18 +108,21 @@ def _timed(result: UpResult, name: str, fn, note: str = "") -> Any:
 
 
 def up(inventory: Inventory, rebuild_image: bool = False) -> UpResult:
-    from mailops import dnsdeploy
-    from mailops.bootstrap import bootstrap
-    from mailops.converge import converge
-    from mailops.mailmodel import load_mail_model
-    from mailops.verify import run, service_for
+    from mailops.converge.bootstrap import bootstrap
+    from mailops.converge.run import converge
+    from mailops.dns import deploy as dnsdeploy
+    from mailops.dns.desired import desired_for
+    from mailops.dns.settings import settings as dns_settings
+    from mailops.site.mailmodel import load_mail_model
+    from mailops.verify.run import quick
+    from mailops.verify.service import service_for
 
     model = load_mail_model(inventory)  # all input checked before any host is touched
-    dns_cfg = dnsdeploy.settings(inventory)
+    dns_cfg = dns_settings(inventory)
     result = UpResult(inventory, domains=list(model.domains))
     states: dict[str, str] = {}
     if inventory.lab is not None:
-        from mailops.lab import Lab
+        from mailops.lab.lab import Lab
 
         lab = Lab(inventory)
         _timed(result, "lab", lambda: (None, len(lab.up(rebuild_image=rebuild_image))))
@@ -147,7 +149,7 @@ def up(inventory: Inventory, rebuild_image: bool = False) -> UpResult:
         return published, sum(len(p.result.applied) for p in published if p.result)
 
     _timed(result, "dns", do_dns, dns_cfg.provider)
-    desired = dnsdeploy.desired_for(inventory, model, dnsdeploy.read_secrets(inventory),
+    desired = desired_for(inventory, model, dnsdeploy.read_secrets(inventory),
                                     dns_cfg)
     result.records = [{"zone": zone, "name": r.fqdn(zone), "type": r.type, "ttl": r.ttl,
                        "value": " ".join(r.values)}
@@ -157,7 +159,7 @@ def up(inventory: Inventory, rebuild_image: bool = False) -> UpResult:
 
     svc = service_for(inventory)
     result.service = svc
-    result.verify = _timed(result, "verify", lambda: (_wait_healthy(inventory) or run(svc), 0))
+    result.verify = _timed(result, "verify", lambda: (_wait_healthy(inventory) or quick(svc), 0))
     result.phases[-1].note = result.verify.summary()
     for host in inventory.hosts:
         recap = conv.recap.get(host.name, {})
@@ -170,82 +172,11 @@ def up(inventory: Inventory, rebuild_image: bool = False) -> UpResult:
 
 
 
-# ------------------------------------------------------------------ plan
-
-
-@dataclass
-class PlanResult:
-    tasks: list[dict]  # changed task results from Ansible's check mode
-    dns: list  # mailops.dns.plan.Plan, zone by zone
-    dns_cfg: Any = None
-
-    @property
-    def changes(self) -> int:
-        return len(self.tasks) + sum(len(p.changes) for p in self.dns)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"changes": self.changes,
-                "converge": [{k: t[k] for k in ("host", "task", "handler")}
-                             | {"diff": [_unified(d) for d in t["diff"]]} for t in self.tasks],
-                "dns": [p.to_dict() for p in self.dns]}
-
-    def text(self) -> str:
-        from mailops.dnsdeploy import plan_report
-
-        out = [f"converge (Ansible check mode): {len(self.tasks)} task(s) would change"]
-        for t in self.tasks:
-            kind = " (handler)" if t["handler"] else ""
-            out.append(f"  {t['host']}: {t['task']}{kind}")
-            for d in t["diff"]:
-                out += ["      " + ln for ln in _unified(d).splitlines()]
-        out += ["", plan_report(self.dns, self.dns_cfg)]
-        return "\n".join(out)
-
-
-def _unified(d: dict) -> str:
-    """One Ansible diff (before/after texts, or a prepared text) as a unified diff."""
-    import difflib
-
-    if "prepared" in d:
-        return str(d["prepared"]).rstrip()
-    before, after = d.get("before", ""), d.get("after", "")
-    if not isinstance(before, str) or not isinstance(after, str):
-        return f"{d.get('before_header', '')}: {before!r} -> {after!r}"
-    name = str(d.get("before_header", "before"))
-    after_name = str(d.get("after_header", "after"))
-    if "/.ansible/tmp" in after_name:  # the rendered template's temporary copy
-        after_name = f"{name} (as the inventory wants it)"
-    return "".join(difflib.unified_diff(
-        before.splitlines(keepends=True), after.splitlines(keepends=True),
-        fromfile=name, tofile=after_name)).rstrip()
-
-
-def plan(inventory: Inventory) -> PlanResult:
-    """What `up` would change on hosts that exist: Ansible in check mode with
-    diffs, and the DNS plan. Generates no secret and changes nothing."""
-    from mailops import dnsdeploy
-    from mailops.converge import converge
-    from mailops.mailmodel import load_mail_model
-
-    load_mail_model(inventory)
-    if inventory.lab is not None:
-        from mailops.lab import Lab
-
-        down = [r["host"] for r in Lab(inventory).status() if r["ssh"] != "yes"]
-        if down:
-            raise MailopsError(f"lab hosts not running: {', '.join(down)}; plan compares "
-                               "running hosts with the inventory\n  fix: `deploy.py up` "
-                               "creates and converges them")
-    result = converge(inventory, check=True, diff=True)
-    return PlanResult([t for t in result.tasks if t["changed"]], dnsdeploy.plan(inventory),
-                      dnsdeploy.settings(inventory))
-
-
 def _wait_healthy(inventory: Inventory, timeout: float = 30) -> None:
     """A converge that reloaded a service leaves its node out of the
     balancer until two health checks pass again: wait (bounded) for every
     node to be UP before verifying through the balancer."""
-    from mailops.verify_nodes import haproxy_states
+    from mailops.verify.nodes import haproxy_states
 
     lbs = inventory.group("lb")
     if not lbs:

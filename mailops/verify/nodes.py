@@ -3,7 +3,7 @@ and the same probe run from the balancer host over PROXY protocol),
 replication between the nodes, mail queues, disk and quota headroom.
 
 Probes that must run on a host (the balancer, a node) go over SSH
-(mailops.remote) and use only what every host has: python3, socat, doveadm,
+(mailops.inventory.remote) and use only what every host has: python3, socat, doveadm,
 postqueue, df."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import json
 import time
 import uuid
 
-from mailops import remote
-from mailops.model import Host, Inventory
-from mailops.verify import FAIL, OK, PORTS, WARN, Report, Row, Service
+from mailops.inventory import remote
+from mailops.inventory.model import Host, Inventory
+from mailops.verify.report import FAIL, OK, WARN, Report, Row
+from mailops.verify.service import PORTS, Service
 
 BACKEND = {25: "smtp", 587: "submission", 465: "submissions", 143: "imap", 993: "imaps",
            110: "pop3", 995: "pop3s"}

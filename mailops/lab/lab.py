@@ -30,11 +30,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailops import procs
-from mailops.errors import MailopsError
-from mailops.model import Host, Inventory, LabSpec
-from mailops.paths import STATE_ROOT
-from mailops.progress import step, table
+from mailops.core import procs
+from mailops.core.errors import MailopsError
+from mailops.core.paths import STATE_ROOT, lab_dir, lab_known_hosts, lab_ssh_key
+from mailops.core.progress import step, table
+from mailops.inventory.model import Host, Inventory, LabSpec
 
 MIRROR = "http://deb.debian.org/debian/"
 SUITE = "bookworm"
@@ -214,9 +214,9 @@ class Lab:
                            "`mailops_lab: {name: ..., subnet: ...}`")
         self.inventory = inventory
         self.spec: LabSpec = inventory.lab
-        self.dir = STATE_ROOT / "labs" / self.spec.name
-        self.ssh_key = self.dir / "ssh" / "id_ed25519"
-        self.known_hosts = self.dir / "ssh" / "known_hosts"
+        self.dir = lab_dir(self.spec.name)
+        self.ssh_key = lab_ssh_key(self.spec.name)
+        self.known_hosts = lab_known_hosts(self.spec.name)
         self.ssh_config = self.dir / "ssh" / "config"
         self.changes: list[str] = []
 
