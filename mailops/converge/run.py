@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from mailops.core.errors import MailopsError
 from mailops.core.progress import step, table
 from mailops.inventory.model import Inventory
 from mailops.secrets.wanted import ensure_secrets
+from mailops.site import ansible_vars
 from mailops.site.mailmodel import load_mail_model
 
 SITE = ROOT / "mailops" / "converge" / "playbooks" / "site.yml"
@@ -69,10 +71,14 @@ def run_playbook(inventory: Inventory, playbook: Path = SITE, check: bool = Fals
         argv.append("--check")
     if diff:
         argv.append("--diff")
-    argv += extra or []
     result = ConvergeResult()
     log = []
     env = ansible_env(inventory)
+    # The derived site values (mailops_site), computed in Python once.
+    site_dir = tempfile.mkdtemp(prefix="mailops-site-")
+    site_file = ansible_vars.write(inventory, load_mail_model(inventory),
+                                   Path(site_dir) / "site.json")
+    argv += ["-e", f"@{site_file}", *(extra or [])]
     # MAILOPS_RECORD_FILE set by the caller keeps the per-task record (for
     # finding where converge time goes); otherwise a temporary file.
     keep = os.environ.get("MAILOPS_RECORD_FILE")
@@ -91,6 +97,7 @@ def run_playbook(inventory: Inventory, playbook: Path = SITE, check: bool = Fals
     finally:
         if not keep:
             os.unlink(record_name)
+        shutil.rmtree(site_dir, ignore_errors=True)
     result.tasks = [json.loads(line) for line in text.splitlines() if line.strip()]
     result.returncode = proc.wait()
     if result.returncode != 0 and not result.failed:

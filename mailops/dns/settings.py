@@ -12,7 +12,7 @@ from typing import Any
 from mailops.core.errors import InventoryError, InventoryErrors
 from mailops.dns.ownership import check_owner_id
 from mailops.inventory.model import Inventory
-from mailops.site.derived import tsig_key_name
+from mailops.site.derived import external_domain, tsig_key_name
 from mailops.site.mailmodel import DNS_NAME_RE
 
 PROVIDERS = ("rfc2136", "route53", "zonefile")
@@ -141,10 +141,7 @@ def settings(inventory: Inventory) -> DnsSettings:
                 "write the address clients reach the service at, e.g. 192.0.2.10")
     spf = opt("mailops_dns_spf", str, None, 'write the SPF text, e.g. "v=spf1 mx -all"')
     dmarc = opt("mailops_dns_dmarc", str, None, 'e.g. "v=DMARC1; p=quarantine"')
-    external = opt("mailops_external_domain", str, None, "write a domain like ext.test")
-    if external is not None and not DNS_NAME_RE.match(external):
-        err("mailops_external_domain", f"{external!r} is not a domain name",
-            "write a lowercase domain like ext.test")
+    external = external_domain(inventory, errors)
     if errors:
         raise InventoryErrors(errors)
     return DnsSettings(

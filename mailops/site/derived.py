@@ -8,7 +8,7 @@ import re
 
 from mailops.core.errors import InventoryError, InventoryErrors
 from mailops.inventory.model import Inventory
-from mailops.site.mailmodel import MailModel
+from mailops.site.mailmodel import DNS_NAME_RE, MailModel
 
 DEFAULT_TSIG_KEY = "mailops"
 _KEY_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -30,6 +30,22 @@ def tsig_key_name(inventory: Inventory, errors: list[InventoryError] | None = No
         raise InventoryErrors([problem])
     errors.append(problem)
     return DEFAULT_TSIG_KEY
+
+
+def external_domain(inventory: Inventory,
+                    errors: list[InventoryError] | None = None) -> str | None:
+    """The lab's other mail domain (the external host's), if any."""
+    key = "mailops_external_domain"
+    value = inventory.site_vars().get(key)
+    if value is None or (isinstance(value, str) and DNS_NAME_RE.match(value)):
+        return value
+    problem = InventoryError(inventory.defined_in(key, "dns.yml"), key,
+                             f"{value!r} is not a domain name",
+                             "write a lowercase domain like ext.test")
+    if errors is None:
+        raise InventoryErrors([problem])
+    errors.append(problem)
+    return None
 
 
 def service_zone(model: MailModel) -> str:

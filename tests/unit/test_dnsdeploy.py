@@ -9,7 +9,6 @@ import dataclasses
 from functools import cache
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
 
@@ -23,7 +22,7 @@ from mailops.dns.providers.zonefile import ZoneFileProvider
 from mailops.inventory.model import load_inventory
 from mailops.secrets import pki, wanted
 from mailops.secrets.vault import Secrets
-from mailops.site import derived
+from mailops.site import ansible_vars, derived
 from mailops.site.mailmodel import MailModel, load_mail_model
 from tests.conftest import lab_inventory_copy
 
@@ -142,14 +141,32 @@ SERVICE_ZONE_CASES = [
 
 
 @pytest.mark.parametrize(("service", "domains", "zone"), SERVICE_ZONE_CASES)
-def test_service_zone_matches_the_playbook(service, domains, zone):
+def test_service_zone(service, domains, zone):
     assert derived.service_zone(_model(service, domains)) == zone
-    # The playbooks compute the same zone for the name server, in Jinja.
+
+
+def test_name_server_zones_come_from_python_not_jinja():
+    """The bind role's zones are mailops_site.zones, renamed: the playbook
+    computes nothing (one derivation, in mailops.site)."""
     dns_vars = yaml.safe_load((ROOT / "mailops/converge/playbooks/vars/dns.yml").read_text())
-    expr = dns_vars["_mailops_service_zone"]
-    rendered = jinja2.Environment().from_string(expr).render(
-        mailops_service_name=service, mailops_domains=list(domains))
-    assert rendered.strip() == zone
+    assert dns_vars["bind__zones"] == "{{ mailops_site.zones }}"
+    inv = load_inventory(LAB)
+    site = ansible_vars.site_vars(inv, load_mail_model(inv))
+    assert site["zones"] == ["example.test", "example.net", "ext.test"]
+    assert site["static_records"]["ext.test"][0] == "@ MX 10 ext1.ext.test."
+
+
+def test_tls_files_mode_turns_mta_sts_off_everywhere(tmp_path):
+    """With the operator's own certificate the balancer serves no policy and
+    DNS publishes none, even with a certificate left in the vault."""
+    inv = load_inventory(LAB)
+    model = dataclasses.replace(load_mail_model(inv), tls_mode="files")
+    site = ansible_vars.site_vars(inv, model)
+    assert site["mta_sts"]["enabled"] is False and site["mta_sts"]["hosts"] == []
+    records = dnsdeploy.desired_for(inv, model, fake_secrets(model.domains))
+    assert not any("mta-sts" in r.name for rs in records.values() for r in rs)
+    internal = ansible_vars.site_vars(inv, load_mail_model(inv))
+    assert internal["mta_sts"]["hosts"] == ["mta-sts.example.test", "mta-sts.example.net"]
 
 
 def test_service_outside_the_mail_domains_gets_its_own_zone(tmp_path):

@@ -25,7 +25,10 @@ import yaml
 
 from mailops.core.durations import seconds
 from mailops.core.environment import ROOT
+from mailops.inventory.model import load_inventory
 from mailops.secrets import pki
+from mailops.site import ansible_vars
+from mailops.site.mailmodel import load_mail_model
 from tests.conftest import lab_inventory_copy
 
 BANNER = "Managed by mailops; local changes are overwritten."
@@ -78,12 +81,16 @@ def rendered(request, tmp_path_factory) -> Path:
     inventory = lab_inventory_copy(tmp / "inv", "offline", "198.18.250",
                                    hosts=[HOST, "mail2", "lb1"])
     (inventory / "group_vars/all/vault.yml").unlink(missing_ok=True)
-    model = yaml.safe_load((inventory / "group_vars/all/mail.yml").read_text())
+    mail_yml = inventory / "group_vars/all/mail.yml"
+    mail_yml.write_text(mail_yml.read_text() + f"mailops_proxy_protocol: {request.param}\n")
+    model = yaml.safe_load(mail_yml.read_text())
     extra = tmp / "secrets.yml"
     extra.write_text(yaml.safe_dump(_fake_secrets(model)))
     extra.chmod(0o600)
-    res = render(inventory, tmp / "root", extra,
-                 "-e", f"mailops_proxy_protocol={str(request.param).lower()}")
+    # The derived values, as `deploy.py converge` hands them to Ansible.
+    inv = load_inventory(inventory)
+    site = ansible_vars.write(inv, load_mail_model(inv), tmp / "site.json")
+    res = render(inventory, tmp / "root", extra, "-e", f"@{site}")
     assert res.returncode == 0, f"render.yml failed:\n{res.stdout[-3000:]}\n{res.stderr[-2000:]}"
     return tmp / "root"
 
@@ -234,11 +241,8 @@ def test_postfix_pause_is_shorter_than_the_balancers_check_timeout(rendered):
 
 
 def test_mta_sts_policy_is_the_one_whose_id_is_published(rendered):
-    """HAProxy serves the text vars/model.yml writes; DNS publishes the id
-    of the text mailops.site.mtasts writes: they must be the same text."""
-    from mailops.inventory.model import load_inventory
+    """HAProxy serves the text DNS publishes the id of (mailops.site.mtasts)."""
     from mailops.site import mtasts
-    from mailops.site.mailmodel import load_mail_model
 
     model = load_mail_model(load_inventory(ROOT / "inventories" / "lab"))
     served = (rendered / "etc/haproxy/mta-sts.txt").read_text()

@@ -1,0 +1,76 @@
+"""The derived site values handed to Ansible as one variable, mailops_site,
+so that the playbooks' vars/*.yml only rename: zones and the external
+domain's records for the name server, replication pairs, the balancer's
+backends, PROXY protocol, MTA-STS and the resolvers. Computed in Python
+(mailops.site.derived, mailops.site.mtasts) and nowhere else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mailops.inventory.model import Inventory
+from mailops.site import mtasts
+from mailops.site.derived import (
+    external_domain,
+    replication_pairs,
+    service_zone,
+    tsig_key_name,
+    zones_served,
+)
+from mailops.site.mailmodel import MailModel
+
+BANNER = "Managed by mailops; local changes are overwritten."
+
+
+def proxy_protocol(inventory: Inventory) -> bool:
+    """Behind a balancer (an `lb` group) the nodes take PROXY protocol
+    headers, and only the balancer may send them."""
+    value = inventory.site_vars().get("mailops_proxy_protocol")
+    return bool(inventory.group("lb")) if value is None else bool(value)
+
+
+def site_vars(inventory: Inventory, model: MailModel) -> dict[str, Any]:
+    addr = {h.name: str(h.address) for h in inventory.hosts}
+    ext = external_domain(inventory)
+    ext_hosts = inventory.group("external")
+    static: dict[str, list[str]] = {}
+    if ext and ext_hosts:
+        # The external domain is nobody's to publish: its mail records go
+        # into its zone's first file.
+        host = ext_hosts[0].name
+        static[ext] = [f"@ MX 10 {host}.{ext}.", '@ TXT "v=spf1 mx -all"',
+                       f"{host} A {addr[host]}"]
+    peers: dict[str, dict[str, Any]] = {}
+    for first, second in replication_pairs(inventory):
+        peers[first] = {"address": addr[second], "first": True}
+        peers[second] = {"address": addr[first], "first": False}
+    sts = mtasts.enabled(model, inventory)
+    resolvers = inventory.site_vars().get("mailops_dns_servers")
+    if not resolvers:
+        # A lab resolves through its own name server (there is no other);
+        # an authoritative-only server must not become a production resolver.
+        resolvers = [addr[h.name] for h in inventory.group("dns")] if inventory.lab else []
+    return {
+        "banner": BANNER,
+        "service_zone": service_zone(model),
+        "zones": zones_served(model, ext),
+        "static_records": static,
+        "tsig_key_name": tsig_key_name(inventory),
+        "external_domain": ext or "",
+        "proxy_protocol": proxy_protocol(inventory),
+        "peers": peers,
+        "backends": {h.name: addr[h.name] for h in inventory.group("mail")},
+        "balancers": [addr[h.name] for h in inventory.group("lb")],
+        "resolvers": list(resolvers),
+        "mailboxes": [m.address.lower() for m in model.mailboxes],
+        "mta_sts": {"enabled": sts, "hosts": mtasts.hosts(model) if sts else [],
+                    "policy": mtasts.policy(model)},
+    }
+
+
+def write(inventory: Inventory, model: MailModel, path: Path) -> Path:
+    """As an extra-vars file for ansible-playbook (-e @path)."""
+    path.write_text(json.dumps({"mailops_site": site_vars(inventory, model)}, indent=1))
+    return path
