@@ -59,8 +59,8 @@ NO_START = ("printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d"
 def role_packages(role: str) -> list[str]:
     import yaml
 
-    defaults = yaml.safe_load((benchlib.ROOT / "roles" / role / "defaults" / "main.yml")
-                              .read_text())
+    roles = benchlib.ROOT / ("mailops/lab/roles" if role == "external" else "roles")
+    defaults = yaml.safe_load((roles / role / "defaults" / "main.yml").read_text())
     key = "common__base_packages" if role == "common" else f"{role}__packages"
     return list(defaults[key])
 

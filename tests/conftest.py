@@ -48,16 +48,35 @@ def lab_inventory_copy(dest: Path, name: str, net: str, hosts: list[str] | None 
     return dest
 
 
-def deploy(*args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+def deploy(*args: str, timeout: float = 900, check: bool = True,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     t0 = time.monotonic()
     res = subprocess.run([*DEPLOY, *args], capture_output=True, text=True, timeout=timeout,
-                         cwd=ROOT, stdin=subprocess.DEVNULL)
+                         cwd=ROOT, stdin=subprocess.DEVNULL,
+                         env=None if env is None else {**os.environ, **env})
     took = time.monotonic() - t0
     TIMINGS.append((" ".join(a for a in args if not a.startswith("/")), took))
     if check and res.returncode != 0:
         raise AssertionError(f"deploy.py {' '.join(args)} failed ({res.returncode}):\n"
                              f"{res.stdout}\n{res.stderr}")
     return res
+
+
+# Test tiers, by folder: unit (offline, seconds, no root), integration
+# (loopback named, moto, the linters, real ansible-playbook on localhost),
+# container (the roles' files checked with the real tools in an nspawn
+# container), lab (end to end on lab hosts). `-m unit` runs the fast ones.
+TIERS = {"unit": "unit", "integration": "integration", "container": "container", "e2e": "lab"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT).parts
+        tier = TIERS.get(parts[1]) if len(parts) > 2 and parts[0] == "tests" else None
+        if tier is None:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in one of tests/"
+                                    f"{{{','.join(TIERS)}}}/ (its tier)")
+        item.add_marker(tier)
 
 
 def pytest_terminal_summary(terminalreporter):

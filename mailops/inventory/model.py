@@ -4,12 +4,15 @@ The inventory is read through ansible-core's own inventory API, so Ansible
 and mailops see the same hosts and variables. Before that, the raw YAML of
 hosts.yml is walked once for what Ansible would silently accept (a key given
 twice) and to know where each host was written, so every error can name the
-file, the key path and the fix. All problems are collected and reported
-together, before any host is touched.
+file, the key path and the fix. What each host takes is declared once, in
+HOST_FIELDS (and the lab's all.vars.mailops_lab in LAB_FIELDS), checked by
+mailops.inventory.fields. All problems are collected and reported together,
+before any host is touched.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -21,6 +24,16 @@ import yaml
 from mailops.core import ansible_env  # noqa: F401  (must precede ansible imports)
 from mailops.core.errors import InventoryError, InventoryErrors
 from mailops.core.paths import lab_known_hosts, lab_ssh_key, vault_password_file
+from mailops.inventory.fields import (
+    Field,
+    Locate,
+    Validator,
+    brief,
+    in_range,
+    matches,
+    type_name,
+    validate,
+)
 
 GROUPS = ("lb", "mail", "dns", "external")
 LAB_RANGE = IPv4Network("198.18.0.0/15")
@@ -164,6 +177,9 @@ class _Raw:
 
     host_keys: dict[str, str] = field(default_factory=dict)  # host -> key path
     group_keys: dict[str, str] = field(default_factory=dict)
+    # (host or group, variable) -> key path of the variable in hosts.yml
+    host_vars: dict[tuple[str, str], str] = field(default_factory=dict)
+    group_vars: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def _check_duplicates(node: yaml.Node, path: str, file: Path, errors: list[InventoryError]):
@@ -191,16 +207,22 @@ def _walk_groups(name: str, body: Any, path: str, raw: _Raw, file: Path,
     if body is None:
         return
     if not isinstance(body, dict):
-        errors.append(InventoryError(file, path, f"a group must be a mapping, not {_tname(body)}",
+        errors.append(InventoryError(file, path, f"a group must be a mapping, not "
+                                     f"{type_name(body)}",
                                      "write the group as `name: {hosts: {...}, vars: {...}}`"))
         return
+    group_vars = body.get("vars")
+    for var in group_vars if isinstance(group_vars, dict) else ():
+        raw.group_vars.setdefault((name, str(var)), f"{path}.vars.{var}")
     hosts = body.get("hosts") or {}
     if isinstance(hosts, dict):
-        for host in hosts:
+        for host, host_body in hosts.items():
             raw.host_keys.setdefault(str(host), f"{path}.hosts.{host}")
+            for var in host_body if isinstance(host_body, dict) else ():
+                raw.host_vars.setdefault((str(host), str(var)), f"{path}.hosts.{host}.{var}")
     else:
         errors.append(InventoryError(file, f"{path}.hosts",
-                                     f"must be a mapping of host names, not {_tname(hosts)}",
+                                     f"must be a mapping of host names, not {type_name(hosts)}",
                                      "write hosts as `hosts: {mail1: {ansible_host: ...}}`"))
     children = body.get("children") or {}
     if isinstance(children, dict):
@@ -237,135 +259,150 @@ def _raw_pass(file: Path, errors: list[InventoryError]) -> tuple[_Raw, dict]:
 
 # ---------------------------------------------------------------- validation
 
+# Where a host setting belongs in hosts.yml (Field.where).
+HOST_ENTRY = "all.children.<group>.hosts.<host>"
+ALL_VARS = "all.vars"
 
-def _tname(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", int: "a number",
-            bool: "true/false", type(None): "empty"}.get(type(value), type(value).__name__)
+
+def _ipv4_problem(value: str) -> str | None:
+    try:
+        IPv4Address(value)
+    except ValueError:
+        return f"{brief(value)} is not an IPv4 address"
+    return None
+
+
+def _lab_subnet_problem(value: str) -> str | None:
+    try:
+        net = IPv4Network(value)
+    except ValueError:
+        return f"{brief(value)} is not a CIDR network"
+    if not net.subnet_of(LAB_RANGE) or net.prefixlen > 28:
+        return f"{value} is outside the lab range {LAB_RANGE} or too small"
+    return None
+
+
+# all.vars.mailops_lab, read from hosts.yml itself: the hosts' checks need it.
+LAB_FIELDS = (
+    Field("mailops_lab", dict, ALL_VARS, default=None, wrong_type="must be a mapping, not {got}",
+          fix="write `mailops_lab: {name: mailops, subnet: 198.18.0.0/24}`",
+          convert=lambda spec: LabSpec(**spec), fields=(
+              Field("name", str, f"{ALL_VARS}.mailops_lab",
+                    wrong_type="{value} is not a valid lab name",
+                    check=matches(LAB_NAME_RE, "{value} is not a valid lab name"),
+                    fix="use a lowercase letter then letters/digits, at most 10 characters, "
+                        "e.g. `name: mailops` (it prefixes interface names, which Linux "
+                        "limits to 15)"),
+              Field("subnet", str, f"{ALL_VARS}.mailops_lab", check=_lab_subnet_problem,
+                    convert=IPv4Network,
+                    wrong_type="must be a string like 198.18.0.0/24, not {got}",
+                    fix=f"write a /24 inside {LAB_RANGE} in CIDR form, host bits zero, e.g. "
+                        "`subnet: 198.18.0.0/24` (lab traffic must stay in that range)"))),
+)
+
+# Per host, as Ansible resolves its variables.
+HOST_FIELDS = (
+    Field("ansible_host", str, HOST_ENTRY, check=_ipv4_problem, convert=IPv4Address,
+          wrong_type="must be an IPv4 address string, not {got}",
+          fix="give the host's IPv4 address, e.g. `ansible_host: 198.18.0.11`"),
+    Field("ansible_port", int, HOST_ENTRY, default=22,
+          wrong_type="{value} is not a TCP port number",
+          check=in_range(1, 65535, "{value} is not a TCP port number"),
+          fix="write a number from 1 to 65535, e.g. `ansible_port: 22`"),
+    Field("ansible_user", str, ALL_VARS, default="root", wrong_type="must be a string, not {got}",
+          fix="write the SSH login name, e.g. `ansible_user: root`"),
+    Field("ansible_ssh_private_key_file", str, HOST_ENTRY, default=None,
+          fix="give the path of the SSH private key, or leave it out (a lab uses its own)"),
+    Field("mailops_apt_proxy", str, ALL_VARS, default=None,
+          wrong_type="{value} is not an http:// URL",
+          check=matches(re.compile(r"^http://"), "{value} is not an http:// URL"),
+          fix="write it like `mailops_apt_proxy: http://198.18.0.1:3142`"),
+    Field("mailops_ntp_servers", list, ALL_VARS, default=(), convert=tuple,
+          wrong_type="must be a list of server names, not {got}",
+          each=Field("server", str, wrong_type="{value} is not a server name",
+                     fix="write `mailops_ntp_servers: [ntp1.example.net]` or []"),
+          fix="write `mailops_ntp_servers: [ntp1.example.net]` or []"),
+    Field("mailops_timezone", str, ALL_VARS, default="Etc/UTC",
+          fix="write a tz database name, e.g. `mailops_timezone: Europe/Berlin`"),
+)
 
 
 def _lab_spec(data: dict, file: Path, errors: list[InventoryError]) -> LabSpec | None:
-    all_vars = (data.get("all") or {}).get("vars") or {}
-    spec = all_vars.get("mailops_lab")
-    key = "all.vars.mailops_lab"
-    if spec is None:
-        return None
-    if not isinstance(spec, dict):
-        errors.append(InventoryError(file, key, f"must be a mapping, not {_tname(spec)}",
-                                     "write `mailops_lab: {name: mailops, subnet: 198.18.0.0/24}`"))
-        return None
-    name, subnet = spec.get("name"), spec.get("subnet")
-    ok = True
-    if name is None:
-        errors.append(InventoryError(file, f"{key}.name", "missing (required)",
-                                     "add `name: mailops` (short: a-z and digits, at most 10)"))
-        ok = False
-    elif not isinstance(name, str) or not LAB_NAME_RE.match(name):
-        errors.append(InventoryError(
-            file, f"{key}.name", f"{name!r} is not a valid lab name",
-            "use a lowercase letter then letters/digits, at most 10 characters "
-            "(it prefixes interface names, which Linux limits to 15)"))
-        ok = False
-    net = None
-    if subnet is None:
-        errors.append(InventoryError(file, f"{key}.subnet", "missing (required)",
-                                     "add `subnet: 198.18.0.0/24` (inside 198.18.0.0/15)"))
-        ok = False
-    elif not isinstance(subnet, str):
-        errors.append(InventoryError(file, f"{key}.subnet",
-                                     f"must be a string like 198.18.0.0/24, not {_tname(subnet)}",
-                                     "write the subnet in CIDR form: `subnet: 198.18.0.0/24`"))
-        ok = False
-    else:
-        try:
-            net = IPv4Network(subnet)
-        except ValueError:
-            errors.append(InventoryError(file, f"{key}.subnet", f"{subnet!r} is not a CIDR network",
-                                         "write it as 198.18.N.0/24 (host bits zero)"))
-            ok = False
-        if net is not None and (not net.subnet_of(LAB_RANGE) or net.prefixlen > 28):
-            errors.append(InventoryError(
-                file, f"{key}.subnet",
-                f"{subnet} is outside the lab range {LAB_RANGE} or too small",
-                f"use a /24 inside {LAB_RANGE}: lab traffic must stay in that range"))
-            ok = False
-    extra = set(spec) - {"name", "subnet"}
-    for k in sorted(extra):
-        errors.append(InventoryError(file, f"{key}.{k}", "unknown key",
-                                     "mailops_lab takes only `name` and `subnet`"))
-        ok = False
-    return LabSpec(name=name, subnet=net) if ok and net else None
+    body = data.get("all")
+    all_vars = body.get("vars") if isinstance(body, dict) else None
+    values, problems = validate(all_vars, LAB_FIELDS, lambda f: (file, f"{ALL_VARS}.{f.key}"))
+    errors += problems
+    return values.get("mailops_lab")
+
+
+def _vars_file(folder: Path, names: tuple[str, ...], key: str) -> Path | None:
+    """The file of group_vars/ or host_vars/ (for one of names) that sets key."""
+    for name in names:
+        for file in [folder / f"{name}.yml", folder / f"{name}.yaml",
+                     *sorted((folder / name).glob("*.y*ml"))]:
+            try:
+                text = file.read_text() if file.is_file() else ""
+                data = {} if text.startswith("$ANSIBLE_VAULT") else yaml.safe_load(text)
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(data, dict) and key in data:
+                return file
+    return None
+
+
+def _host_locate(raw: _Raw, name: str, groups: tuple[str, ...], keypath: str,
+                 file: Path) -> Locate:
+    """Where a host's variable was written, the source Ansible takes it from
+    first (host over group over all), so an error points at the line to fix;
+    one not written anywhere is reported where it belongs."""
+    inv_dir = file.parent
+
+    def locate(f: Field) -> tuple[Path, str]:
+        key = f.key
+        if found := _vars_file(inv_dir / "host_vars", (name,), key):
+            return found, key
+        if (name, key) in raw.host_vars:
+            return file, raw.host_vars[name, key]
+        if found := _vars_file(inv_dir / "group_vars", groups, key):
+            return found, key
+        for group in groups:
+            if (group, key) in raw.group_vars:
+                return file, raw.group_vars[group, key]
+        if found := _vars_file(inv_dir / "group_vars", ("all",), key):
+            return found, key
+        if ("all", key) in raw.group_vars or f.where == ALL_VARS:
+            return file, f"{ALL_VARS}.{key}"
+        return file, f"{keypath}.{key}"
+
+    return locate
 
 
 def _host_from_vars(name: str, groups: tuple[str, ...], hv: dict, keypath: str, file: Path,
-                    lab: LabSpec | None, errors: list[InventoryError]) -> Host | None:
-    ok = True
+                    lab: LabSpec | None, errors: list[InventoryError], raw: _Raw) -> Host | None:
+    check = Validator(HOST_FIELDS, _host_locate(raw, name, groups, keypath, file))
     if not HOSTNAME_RE.match(name):
-        errors.append(InventoryError(
+        check.errors.append(InventoryError(
             file, keypath, f"host name {name!r} is not a valid hostname",
             "use lowercase letters, digits and '-', at most 32 characters"))
-        ok = False
-    addr_raw = hv.get("ansible_host")
-    address = None
-    if addr_raw is None:
-        errors.append(InventoryError(file, f"{keypath}.ansible_host", "missing (required)",
-                                     "give the host's IPv4 address: `ansible_host: 198.18.0.11`"))
-        ok = False
-    elif not isinstance(addr_raw, str):
-        errors.append(InventoryError(file, f"{keypath}.ansible_host",
-                                     f"must be an IPv4 address string, not {_tname(addr_raw)}",
-                                     "write it like `ansible_host: 198.18.0.11`"))
-        ok = False
-    else:
-        try:
-            address = IPv4Address(addr_raw)
-        except ValueError:
-            errors.append(InventoryError(file, f"{keypath}.ansible_host",
-                                         f"{addr_raw!r} is not an IPv4 address",
-                                         "write it like `ansible_host: 198.18.0.11`"))
-            ok = False
+    values = check.run(hv)
+    address = values.get("ansible_host")
     if address is not None and lab is not None:
+        fix = f"pick a free address in {lab.subnet} from .10 up"
         if address not in lab.subnet:
-            errors.append(InventoryError(
-                file, f"{keypath}.ansible_host",
-                f"{address} is outside the lab subnet {lab.subnet}",
-                f"pick a free address in {lab.subnet} from .10 up"))
-            ok = False
+            check.add("ansible_host", f"{address} is outside the lab subnet {lab.subnet}", fix)
         elif address in (lab.gateway, lab.subnet.network_address, lab.subnet.broadcast_address):
-            errors.append(InventoryError(
-                file, f"{keypath}.ansible_host",
-                f"{address} is reserved (network, broadcast or the machine's own lab address)",
-                f"pick a free address in {lab.subnet} from .10 up"))
-            ok = False
-    port = hv.get("ansible_port", 22)
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        errors.append(InventoryError(file, f"{keypath}.ansible_port",
-                                     f"{port!r} is not a TCP port number",
-                                     "write a number from 1 to 65535, e.g. `ansible_port: 22`"))
-        ok = False
-    user = hv.get("ansible_user", "root")
-    if not isinstance(user, str):
-        errors.append(InventoryError(file, f"{keypath}.ansible_user",
-                                     f"must be a string, not {_tname(user)}",
-                                     "write the SSH login name, e.g. `ansible_user: root`"))
-        ok = False
-    proxy = hv.get("mailops_apt_proxy")
-    if proxy is not None and (not isinstance(proxy, str) or not proxy.startswith("http://")):
-        errors.append(InventoryError(file, "mailops_apt_proxy",
-                                     f"{proxy!r} is not an http:// URL",
-                                     "write it like `mailops_apt_proxy: http://198.18.0.1:3142`"))
-        ok = False
-    ntp = hv.get("mailops_ntp_servers", [])
-    if not isinstance(ntp, list) or not all(isinstance(s, str) for s in ntp):
-        errors.append(InventoryError(file, "mailops_ntp_servers",
-                                     f"must be a list of server names, not {_tname(ntp)}",
-                                     "write `mailops_ntp_servers: [ntp1.example.net]` or []"))
-        ok = False
-    if not ok:
+            check.add("ansible_host", f"{address} is reserved (network, broadcast or the "
+                      "machine's own lab address)", fix)
+    # A setting made once for every host (all.vars) is reported once.
+    seen = {(e.file, e.key, e.problem) for e in errors}
+    errors += [e for e in check.errors if (e.file, e.key, e.problem) not in seen]
+    if check.errors:
         return None
     return Host(
-        name=name, groups=groups, address=address, ssh_user=user, ssh_port=port,
-        ssh_key=hv.get("ansible_ssh_private_key_file"), apt_proxy=proxy,
-        timezone=str(hv.get("mailops_timezone", "Etc/UTC")), ntp_servers=tuple(ntp),
+        name=name, groups=groups, address=address, ssh_user=values["ansible_user"],
+        ssh_port=values["ansible_port"], ssh_key=values["ansible_ssh_private_key_file"],
+        apt_proxy=values["mailops_apt_proxy"], timezone=values["mailops_timezone"],
+        ntp_servers=values["mailops_ntp_servers"],
     )
 
 
@@ -434,7 +471,7 @@ def load_inventory(path: Path | str) -> Inventory:
                 "move it under `all.children.<group>.hosts`"))
             continue
         hv = varman.get_vars(host=ahost, include_hostvars=False)
-        host = _host_from_vars(name, groups, hv, keypath, file, lab, errors)
+        host = _host_from_vars(name, groups, hv, keypath, file, lab, errors, raw)
         if host is None:
             continue
         if host.address in by_address:
@@ -458,5 +495,6 @@ def load_inventory(path: Path | str) -> Inventory:
         raise InventoryErrors(errors)
     known = (data.get("all") or {}).get("vars", {}) or {}
     known = known.get("mailops_ssh_known_hosts_file")
+    known = os.path.expanduser(known) if isinstance(known, str) else None
     return Inventory(path=inv_dir, hosts=tuple(hosts), lab=lab, variables=variables,
                      vault_password_file=password_file, known_hosts=known)

@@ -1,5 +1,7 @@
 """The mail model: domains, mailboxes, aliases, limits, from the inventory's
-group_vars, validated into typed data with errors naming file, key and fix."""
+group_vars, validated into typed data with errors naming file, key and fix.
+The settings are declared in MAIL_FIELDS; the rules across entries (served
+domains, duplicates, the spam thresholds) follow in load_mail_model."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mailops.core.errors import InventoryError, InventoryErrors
+from mailops.core.errors import InventoryErrors
+from mailops.inventory.fields import Field, Validator, brief, in_group_vars, matches, one_of
 from mailops.inventory.model import Inventory
+from mailops.site.mtasts import MODES as STS_MODES
 
 DNS_NAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 LOCAL_RE = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
@@ -57,133 +61,125 @@ def _address_ok(address: Any) -> bool:
     return bool(LOCAL_RE.match(local)) and bool(DNS_NAME_RE.match(domain))
 
 
+def _mailbox(entry: dict[str, Any]) -> Mailbox:
+    quota = str(entry["quota"])
+    match = QUOTA_RE.match(quota)
+    return Mailbox(entry["address"], quota, int(match[1]) * _UNITS[match[2]],
+                   entry["password_hash"])
+
+
+def _destinations(value: str | list) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _destinations_problem(value: str | list) -> str | None:
+    dests = _destinations(value)
+    return None if dests and all(_address_ok(d) for d in dests) else DESTINATIONS
+
+
+MAIL_FILE = "mail.yml"  # where a mail setting belongs when no file sets it yet
+MAILBOX = "`- {address: user@example.com, quota: 1G}`"
+DESTINATIONS = "destinations must be a list of mail addresses"
+
+MAIL_FIELDS = (
+    Field("mailops_service_name", str, MAIL_FILE,
+          check=matches(DNS_NAME_RE, "{value} is not a DNS name"),
+          fix="give the mail service's lowercase fully qualified DNS name, e.g. "
+              "`mailops_service_name: mail.example.com`"),
+    Field("mailops_domains", list, MAIL_FILE, check=lambda v: None if v else "is empty",
+          fix="list the mail domains, at least one: `mailops_domains: [example.com]`",
+          each=Field("domain", str, wrong_type="{value} is not a domain name",
+                     check=matches(DNS_NAME_RE, "{value} is not a domain name"),
+                     fix="write a lowercase domain like example.com")),
+    Field("mailops_dkim_selector", str, MAIL_FILE,
+          check=matches(SELECTOR_RE, "{value} is not a DNS label"),
+          fix="name the DKIM selector with lowercase letters, digits and '-', e.g. "
+              "`mailops_dkim_selector: mail2026`"),
+    Field("mailops_mailboxes", list, MAIL_FILE, fix=f"list mailboxes as {MAILBOX}",
+          each=Field("mailbox", dict, wrong_type="must be a mapping", fix=f"write {MAILBOX}",
+                     convert=_mailbox, fields=(
+              Field("address", str, MAIL_FILE, wrong_type="{value} is not a mail address",
+                    check=lambda v: None if _address_ok(v) else f"{brief(v)} is not a mail address",
+                    fix="write a lowercase address like user@example.com"),
+              Field("quota", (str, int), MAIL_FILE, wrong_type="{value} is not a quota",
+                    check=lambda v: None if QUOTA_RE.match(str(v)) else f"{brief(v)} is not a quota",
+                    fix="write a size like 500M or 2G (K, M, G, T)"),
+              Field("password_hash", str, MAIL_FILE, default=None,
+                    wrong_type="is not a Dovecot password hash",
+                    check=lambda v: None if v.startswith("{") else
+                    "is not a Dovecot password hash",
+                    fix="generate one with `doveadm pw -s SHA512-CRYPT`, or leave it out and "
+                        "mailops keeps a generated password in the vault")))),
+    Field("mailops_aliases", dict, MAIL_FILE, default={}, wrong_type="must be a mapping",
+          fix="write `alias@domain: [dest@domain]`",
+          each=Field("alias", (str, list), wrong_type=DESTINATIONS,
+                     check=_destinations_problem, convert=_destinations,
+                     fix="write `alias@domain: [user@domain, other@elsewhere]`")),
+    Field("mailops_message_size_limit", int, MAIL_FILE,
+          check=lambda v: None if v >= 65536 else f"{v} bytes is too small",
+          fix="give the largest message in bytes, at least 65536 (headers alone can be tens "
+              "of kilobytes), e.g. `mailops_message_size_limit: 26214400`"),
+    Field("mailops_spam_add_header_score", (int, float), MAIL_FILE, convert=float,
+          fix="give the rspamd score from which a spam header is added, below the reject "
+              "score, e.g. 6"),
+    Field("mailops_spam_reject_score", (int, float), MAIL_FILE, convert=float,
+          fix="give the rspamd score from which mail is rejected, e.g. 15"),
+    Field("mailops_tls_mode", str, MAIL_FILE, default="internal",
+          wrong_type="{value} is not a TLS mode",
+          check=one_of(TLS_MODES, "{value} is not a TLS mode"),
+          fix=f"use one of {', '.join(TLS_MODES)}"),
+    Field("mailops_mta_sts", str, MAIL_FILE, default="testing",
+          wrong_type="{value} is not an MTA-STS mode",
+          check=one_of(STS_MODES, "{value} is not an MTA-STS mode"),
+          fix=f"use one of {', '.join(STS_MODES)}"),
+)
+
+
 def load_mail_model(inventory: Inventory) -> MailModel:
     """Validate the mail model that every mail host sees."""
-    hv = inventory.site_vars()
-    errors: list[InventoryError] = []
+    check = Validator(MAIL_FIELDS, in_group_vars(inventory.defined_in))
+    values = check.run(inventory.site_vars())
 
-    def err(key: str, problem: str, fix: str) -> None:
-        errors.append(InventoryError(
-            inventory.defined_in(key.split(".")[0].split("[")[0], "mail.yml"), key, problem, fix))
-
-    def need(key: str, kind: type | tuple[type, ...], fix: str) -> Any:
-        if key not in hv:
-            err(key, "missing (required)", fix)
-            return None
-        value = hv[key]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            err(key, f"has the wrong type ({type(value).__name__})", fix)
-            return None
-        return value
-
-    service = need("mailops_service_name", str, "give the mail service's DNS name, e.g. "
-                   "`mailops_service_name: mail.example.com`")
-    if service is not None and not DNS_NAME_RE.match(service):
-        err("mailops_service_name", f"{service!r} is not a DNS name",
-            "use a lowercase fully qualified name like mail.example.com")
-
+    # The rules across entries and fields, on the entries that passed.
     domains: list[str] = []
-    raw_domains = need("mailops_domains", list, "list the mail domains: "
-                       "`mailops_domains: [example.com]`")
-    for i, d in enumerate(raw_domains or []):
-        if not isinstance(d, str) or not DNS_NAME_RE.match(d):
-            err(f"mailops_domains[{i}]", f"{d!r} is not a domain name",
-                "write a lowercase domain like example.com")
-        elif d in domains:
-            err(f"mailops_domains[{i}]", f"{d} is listed twice", "list each domain once")
-        else:
+    for i, d in enumerate(values.get("mailops_domains") or []):
+        if d in domains:
+            check.add(f"mailops_domains[{i}]", f"{d} is listed twice", "list each domain once")
+        elif d is not None:
             domains.append(d)
-    if raw_domains is not None and not raw_domains:
-        err("mailops_domains", "is empty", "list at least one mail domain")
-
-    selector = need("mailops_dkim_selector", str, "name the DKIM selector, e.g. "
-                    "`mailops_dkim_selector: mail2026`")
-    if selector is not None and not SELECTOR_RE.match(selector):
-        err("mailops_dkim_selector", f"{selector!r} is not a DNS label",
-            "use lowercase letters, digits and '-'")
-
     mailboxes: list[Mailbox] = []
-    seen: set[str] = set()
-    for i, entry in enumerate(need("mailops_mailboxes", list, "list mailboxes as "
-                                   "`- {address: user@example.com, quota: 1G}`") or []):
-        key = f"mailops_mailboxes[{i}]"
-        if not isinstance(entry, dict):
-            err(key, "must be a mapping", "write `- {address: user@example.com, quota: 1G}`")
+    for i, box in enumerate(values.get("mailops_mailboxes") or []):
+        if box is None:
             continue
-        unknown = set(entry) - {"address", "quota", "password_hash"}
-        for k in sorted(unknown):
-            err(f"{key}.{k}", "unknown key", "a mailbox takes address, quota, password_hash")
-        address = entry.get("address")
-        if not _address_ok(address):
-            err(f"{key}.address", f"{address!r} is not a mail address",
-                "write a lowercase address like user@example.com")
-            continue
-        if address.split("@")[1] not in domains:
-            err(f"{key}.address", f"{address}: its domain is not in mailops_domains",
-                "add the domain to mailops_domains or fix the address")
-        if address in seen:
-            err(f"{key}.address", f"{address} is listed twice", "list each mailbox once")
-        seen.add(address)
-        quota = str(entry.get("quota", ""))
-        match = QUOTA_RE.match(quota)
-        if not match:
-            err(f"{key}.quota", f"{entry.get('quota')!r} is not a quota",
-                "write a size like 500M or 2G (K, M, G, T)")
-            continue
-        phash = entry.get("password_hash")
-        if phash is not None and (not isinstance(phash, str) or not phash.startswith("{")):
-            err(f"{key}.password_hash", "is not a Dovecot password hash",
-                "generate one with `doveadm pw -s SHA512-CRYPT`, or leave it out and "
-                "mailops keeps a generated password in the vault")
-        mailboxes.append(Mailbox(address, quota, int(match[1]) * _UNITS[match[2]], phash))
-
-    aliases: dict[str, tuple[str, ...]] = {}
-    raw_aliases = hv.get("mailops_aliases", {})
-    if not isinstance(raw_aliases, dict):
-        err("mailops_aliases", "must be a mapping", "write `alias@domain: [dest@domain]`")
-        raw_aliases = {}
-    for source, dests in raw_aliases.items():
+        key = f"mailops_mailboxes[{i}].address"
+        if "mailops_domains" in values and box.domain not in domains:
+            check.add(key, f"{box.address}: its domain is not in mailops_domains",
+                      "add the domain to mailops_domains or fix the address")
+        if any(b.address == box.address for b in mailboxes):
+            check.add(key, f"{box.address} is listed twice", "list each mailbox once")
+        mailboxes.append(box)
+    aliases = values.get("mailops_aliases") or {}
+    for source in aliases:
         key = f"mailops_aliases.{source}"
-        if not _address_ok(source) or source.split("@")[1] not in domains:
-            err(key, f"{source!r} is not an address in a served domain",
-                "aliases are for addresses in mailops_domains")
-            continue
-        if source in seen:
-            err(key, f"{source} is also a mailbox", "make it either a mailbox or an alias")
-        if isinstance(dests, str):
-            dests = [dests]
-        if not isinstance(dests, list) or not dests or not all(_address_ok(d) for d in dests):
-            err(key, "destinations must be a list of mail addresses",
-                "write `alias@domain: [user@domain, other@elsewhere]`")
-            continue
-        aliases[source] = tuple(dests)
-
-    size = need("mailops_message_size_limit", int, "give the largest message in bytes, "
-                "e.g. `mailops_message_size_limit: 26214400`")
-    if size is not None and size < 65536:
-        err("mailops_message_size_limit", f"{size} bytes is too small",
-            "use at least 65536 (headers alone can be tens of kilobytes)")
-    add = need("mailops_spam_add_header_score", (int, float), "e.g. 6")
-    reject = need("mailops_spam_reject_score", (int, float), "e.g. 15")
+        if not _address_ok(source) or ("mailops_domains" in values
+                                        and source.split("@")[1] not in domains):
+            check.add(key, f"{source!r} is not an address in a served domain",
+                      "aliases are for addresses in mailops_domains")
+        elif any(b.address == source for b in mailboxes):
+            check.add(key, f"{source} is also a mailbox", "make it either a mailbox or an alias")
+    add = values.get("mailops_spam_add_header_score")
+    reject = values.get("mailops_spam_reject_score")
     if add is not None and reject is not None and add >= reject:
-        err("mailops_spam_add_header_score", f"{add} is not below the reject score {reject}",
-            "mark spam (add header) at a lower score than you reject it")
-    tls_mode = hv.get("mailops_tls_mode", "internal")
-    if tls_mode not in TLS_MODES:
-        err("mailops_tls_mode", f"{tls_mode!r} is not a TLS mode",
-            f"use one of {', '.join(TLS_MODES)}")
-    from mailops.site.mtasts import MODES as STS_MODES
+        check.add("mailops_spam_add_header_score",
+                  f"{add:g} is not below the reject score {reject:g}",
+                  "mark spam (add header) at a lower score than you reject it")
 
-    mta_sts = hv.get("mailops_mta_sts", "testing")
-    if mta_sts not in STS_MODES:
-        err("mailops_mta_sts", f"{mta_sts!r} is not an MTA-STS mode",
-            f"use one of {', '.join(STS_MODES)}")
-
-    if errors:
-        raise InventoryErrors(errors)
+    if check.errors:
+        raise InventoryErrors(check.errors)
     return MailModel(
-        service_name=service, domains=tuple(domains), dkim_selector=selector,
-        mailboxes=tuple(mailboxes), aliases=aliases, message_size_limit=size,
-        spam_add_header_score=float(add), spam_reject_score=float(reject), tls_mode=tls_mode,
-        mta_sts_mode=mta_sts,
+        service_name=values["mailops_service_name"], domains=tuple(domains),
+        dkim_selector=values["mailops_dkim_selector"], mailboxes=tuple(mailboxes),
+        aliases=aliases, message_size_limit=values["mailops_message_size_limit"],
+        spam_add_header_score=add, spam_reject_score=reject,
+        tls_mode=values["mailops_tls_mode"], mta_sts_mode=values["mailops_mta_sts"],
     )

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import ROOT, TIMINGS
 
-DNS_PLAYBOOK = ROOT / "mailops" / "playbooks" / "dns.yml"
+DNS_PLAYBOOK = ROOT / "mailops" / "converge" / "playbooks" / "dns.yml"
 
 
 @dataclass(frozen=True)

@@ -224,3 +224,40 @@ def node_journal(node) -> str:
 
     host = node.inventory.group("mail")[0]
     return Lab(node.inventory).ssh(host, "journalctl --no-pager -q -o cat", timeout=60).stdout
+
+
+def test_a_main_cf_postfix_rejects_never_replaces_the_live_one(node):
+    """A main.cf that `postfix -c` rejects (here a misspelt parameter, a
+    warning) fails the converge before it is written: the live main.cf is
+    unchanged and Postfix keeps running the old one, serving mail."""
+    from mailops.converge.run import run_playbook
+    from mailops.core.errors import MailopsError
+    from mailops.inventory import remote
+
+    inv = node.inventory
+    mail1 = inv.group("mail")[0]
+    state = "sha256sum /etc/postfix/main.cf; systemctl show -p MainPID --value postfix"
+    before = remote.run(inv, mail1, state).stdout
+    bad = '{"postfix__main_extra": {"smtpd_tls_auth_onyl": "yes"}}'
+    with pytest.raises(MailopsError) as failed:
+        run_playbook(inv, extra=["--limit", mail1.name, "-e", bad])
+    assert "smtpd_tls_auth_onyl" in str(failed.value) and "/etc/postfix" in str(failed.value)
+    after = remote.run(inv, mail1, state).stdout
+    assert after == before and before.split()[0], (before, after)
+    assert remote.run(inv, mail1, "systemctl is-active postfix").stdout.strip() == "active"
+    assert remote.run(inv, mail1, "grep -c smtpd_tls_auth_onyl /etc/postfix/main.cf").stdout \
+        .strip() == "0"
+    with node.endpoint.smtp(25) as conn:  # still serving, through the balancer
+        assert conn.ehlo()[0] == 250
+
+
+def test_dovecot_runs_with_its_drop_in_after_a_cold_converge(node):
+    """The replication drop-in is written before Dovecot first starts: the
+    converge reloads systemd's units first, so the running Dovecot has it."""
+    from mailops.inventory import remote
+
+    for host in node.inventory.group("mail"):
+        out = remote.run(node.inventory, host, "systemctl show -p NeedDaemonReload -p "
+                                               "DropInPaths dovecot").stdout
+        assert "NeedDaemonReload=no" in out, (host.name, out)
+        assert "mailops-replication.conf" in out, (host.name, out)

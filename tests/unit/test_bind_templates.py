@@ -1,4 +1,4 @@
-"""The bind role's templates, rendered offline from templates/ and checked
+"""The bind role's templates, rendered offline from roles/bind/templates/ and checked
 with BIND's own tools (named-checkconf, named-checkzone) on this machine."""
 
 from __future__ import annotations
@@ -9,10 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from mailops.converge.templating import render
+from mailops.converge import templating
+from mailops.core.environment import ROOT
 from mailops.secrets.wanted import new_tsig_secret
 
+BIND_TEMPLATES = ROOT / "roles" / "bind" / "templates"
 ZONES = ["example.test", "example.net", "ext.test"]
+
+
+def render(path: str, **context) -> str:
+    return templating.render(path, root=BIND_TEMPLATES, **context)
 
 
 def tool(name: str) -> str:

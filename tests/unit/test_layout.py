@@ -8,10 +8,6 @@ import ast
 import importlib
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.unit
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "mailops"
 # Stage -> the stages it may import from (itself included).
