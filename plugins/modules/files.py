@@ -441,7 +441,7 @@ def _run_check(module: AnsibleModule, check: dict, members: list[tuple[str, dict
     stage = tempfile.mkdtemp(prefix="mailops-check-")  # mode 0700
     try:
         if os.path.isdir(base):
-            pass
+            _copy_tree(base, stage, as_root)
         os.chmod(stage, 0o700)
         for rel, item in members:
             _stage_file(module, stage, rel, item, as_root)
