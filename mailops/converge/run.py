@@ -35,7 +35,7 @@ class ConvergeResult:
     secrets_changes: list[str] = field(default_factory=list)
     returncode: int = 0
     # Every task result (host, task, role, handler, status, changed, seconds,
-    # diff), from the mailops_record callback.
+    # diff), from the mailops.mail.record callback.
     tasks: list[dict] = field(default_factory=list)
 
     def changed_tasks(self) -> list[dict]:

@@ -1,16 +1,25 @@
 """The site's DNS settings (mailops_dns_* in group_vars), validated before
-anything is contacted: every problem named with its file, key and fix."""
+anything is contacted: every problem named with its file, key and fix. The
+settings are declared in DNS_FIELDS; what each provider needs follows in
+settings()."""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from mailops.core.errors import InventoryError, InventoryErrors
+from mailops.core.errors import InventoryErrors
 from mailops.dns.ownership import check_owner_id
+from mailops.inventory.fields import (
+    Field,
+    Validator,
+    brief,
+    holds,
+    in_group_vars,
+    in_range,
+    one_of,
+)
 from mailops.inventory.model import Inventory
 from mailops.site.derived import external_domain, tsig_key_name
 from mailops.site.mailmodel import DNS_NAME_RE
@@ -52,118 +61,134 @@ class DnsSettings:
         return f"provider {self.provider} ({where}), owner id {self.owner}"
 
 
-def settings(inventory: Inventory) -> DnsSettings:
-    """The site's DNS settings, every problem reported at once."""
-    hv = inventory.site_vars()
-    errors: list[InventoryError] = []
-
-    def err(key: str, problem: str, fix: str) -> None:
-        errors.append(InventoryError(inventory.defined_in(key, DNS_FILE), key, problem, fix))
-
-    def opt(key: str, kind: type | tuple[type, ...], default: Any, fix: str) -> Any:
-        value = hv.get(key, default)
-        if value is default:
-            return default
-        if isinstance(value, bool) or not isinstance(value, kind):
-            err(key, f"has the wrong type ({type(value).__name__})", fix)
-            return default
-        return value
-
-    dns_hosts = inventory.group("dns")
-    provider = opt("mailops_dns_provider", str, "rfc2136" if dns_hosts else None,
-                   f"write one of {', '.join(PROVIDERS)}")
-    if provider is None:
-        err("mailops_dns_provider", "missing (required: the inventory has no `dns` host "
-            "to publish to)", f"set `mailops_dns_provider:` to one of {', '.join(PROVIDERS)} "
-            "in group_vars/all/dns.yml")
-    elif provider not in PROVIDERS:
-        err("mailops_dns_provider", f"{provider!r} is not a DNS provider",
-            f"use one of {', '.join(PROVIDERS)}")
-
-    owner = opt("mailops_dns_owner", str, DEFAULT_OWNER, "write an id like `mailops-prod`")
+def _owner_problem(owner: str) -> str | None:
     try:
         check_owner_id(owner)
     except ValueError as e:
-        err("mailops_dns_owner", str(e), "write an id like `mailops-prod`")
-        owner = DEFAULT_OWNER
-    share = opt("mailops_dns_max_change_share", (int, float), DEFAULT_MAX_SHARE,
-                "write a fraction like 0.3")
-    if not 0 < share <= 1:
-        err("mailops_dns_max_change_share", f"{share} is not a fraction in (0, 1]",
-            "write a fraction like 0.3 (30% of the records mailops owns in a zone)")
-        share = DEFAULT_MAX_SHARE
-    ttl = opt("mailops_dns_ttl", int, 300, "write seconds, e.g. 300")
-    if not 30 <= ttl <= 86400:
-        err("mailops_dns_ttl", f"{ttl} is out of range", "use 30 to 86400 seconds")
-        ttl = 300
+        return str(e)
+    return None
 
-    key_name = tsig_key_name(inventory, errors)
-    algorithm = opt("mailops_dns_tsig_algorithm", str, "hmac-sha256", "e.g. hmac-sha256")
-    if algorithm not in TSIG_ALGORITHMS:
-        err("mailops_dns_tsig_algorithm", f"{algorithm!r} is not supported",
-            f"use one of {', '.join(TSIG_ALGORITHMS)}")
 
-    server = opt("mailops_dns_rfc2136_server", str, None, "write the server's IPv4 address")
-    port = opt("mailops_dns_rfc2136_port", int, 53, "write a port number, e.g. 53")
-    if provider == "rfc2136":
+def _ipv4_problem(value: str) -> str | None:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return f"{brief(value)} is not an IPv4 address"
+    return None
+
+
+def _host_name(value: str) -> bool:
+    return bool(DNS_NAME_RE.match(value.rstrip(".")))
+
+
+NAMESERVERS_FIX = "list the zones' name servers, e.g. `[ns1.example.com, ns2.example.com]`"
+
+# mailops_dns_tsig_key_name and mailops_external_domain are checked by
+# mailops.site.derived, which computes them for everyone else too.
+DNS_FIELDS = (
+    # Required only without a `dns` host (which then gets rfc2136): see settings().
+    Field("mailops_dns_provider", str, DNS_FILE, default=None,
+          check=one_of(PROVIDERS, "{value} is not a DNS provider"),
+          fix=f"set `mailops_dns_provider:` to one of {', '.join(PROVIDERS)} "
+              "in group_vars/all/dns.yml"),
+    Field("mailops_dns_owner", str, DNS_FILE, default=DEFAULT_OWNER, check=_owner_problem,
+          fix="write an id like `mailops-prod`"),
+    Field("mailops_dns_max_change_share", (int, float), DNS_FILE, default=DEFAULT_MAX_SHARE,
+          check=holds(lambda v: 0 < v <= 1, "{value} is not a fraction in (0, 1]"),
+          convert=float,
+          fix="write a fraction like 0.3 (30% of the records mailops owns in a zone)"),
+    Field("mailops_dns_ttl", int, DNS_FILE, default=300,
+          check=in_range(30, 86400, "{value} is out of range"),
+          fix="write seconds from 30 to 86400, e.g. 300"),
+    Field("mailops_dns_tsig_algorithm", str, DNS_FILE, default="hmac-sha256",
+          check=one_of(TSIG_ALGORITHMS, "{value} is not supported"),
+          fix=f"use one of {', '.join(TSIG_ALGORITHMS)}"),
+    Field("mailops_dns_rfc2136_server", str, DNS_FILE, default=None, check=_ipv4_problem,
+          fix="give the primary server's IPv4 address, e.g. "
+              "`mailops_dns_rfc2136_server: 192.0.2.53`"),
+    Field("mailops_dns_rfc2136_port", int, DNS_FILE, default=53,
+          check=in_range(1, 65535, "{value} is not a port"),
+          fix="write a port number from 1 to 65535, e.g. 53"),
+    Field("mailops_dns_route53_profile", str, DNS_FILE, default=None,
+          fix="name a profile of ~/.aws/config, or leave it out for the default"),
+    Field("mailops_dns_route53_endpoint_url", str, DNS_FILE, default=None,
+          fix="write the API's URL (for a stand-in), or leave it out for AWS itself"),
+    Field("mailops_dns_zonefile_dir", str, DNS_FILE, default=None,
+          fix="name the folder for the zone files, e.g. `mailops_dns_zonefile_dir: zones` "
+              "(relative to the inventory)"),
+    Field("mailops_dns_zonefile_nameservers", list, DNS_FILE, default=(), convert=tuple,
+          each=Field("name server", str, wrong_type="{value} is not a host name",
+                     check=holds(_host_name, "{value} is not a host name"),
+                     fix=NAMESERVERS_FIX),
+          fix=NAMESERVERS_FIX),
+    Field("mailops_dns_zonefile_hostmaster", str, DNS_FILE, default=None,
+          fix="write the zones' contact as a name, e.g. hostmaster.example.com"),
+    Field("mailops_dns_service_ipv4", list, DNS_FILE, default=(), convert=tuple,
+          each=Field("address", str, check=_ipv4_problem, wrong_type="{value} is not an "
+                     "IPv4 address", fix="write the address clients reach the service at, "
+                     "e.g. 192.0.2.10"),
+          fix="write a list of IPv4 addresses, e.g. `[192.0.2.10]`"),
+    Field("mailops_dns_spf", str, DNS_FILE, default=None,
+          fix='write the SPF text, e.g. "v=spf1 mx -all"'),
+    Field("mailops_dns_dmarc", str, DNS_FILE, default=None,
+          fix='write the DMARC text, e.g. "v=DMARC1; p=quarantine"'),
+)
+
+
+def settings(inventory: Inventory) -> DnsSettings:
+    """The site's DNS settings, every problem reported at once."""
+    check = Validator(DNS_FIELDS, in_group_vars(inventory.defined_in))
+    values = check.run(inventory.site_vars())
+    key_name = tsig_key_name(inventory, check.errors)
+    external = external_domain(inventory, check.errors)
+
+    # What each provider needs; a provider that failed its own check needs nothing.
+    dns_hosts = inventory.group("dns")
+    provider = values.get("mailops_dns_provider", "")
+    if provider is None and dns_hosts:
+        provider = "rfc2136"
+    elif provider is None:
+        check.add("mailops_dns_provider", "missing (required: the inventory has no `dns` host "
+                  "to publish to)")
+    server = values.get("mailops_dns_rfc2136_server")
+    if provider == "rfc2136" and "mailops_dns_rfc2136_server" in values:
         if server is None and dns_hosts:
             server = str(dns_hosts[0].address)
         if server is None:
-            err("mailops_dns_rfc2136_server", "missing (required for rfc2136 without a "
-                "`dns` host in the inventory)", "give the primary server's address, "
-                "e.g. `mailops_dns_rfc2136_server: 192.0.2.53`")
+            check.add("mailops_dns_rfc2136_server", "missing (required for rfc2136 without a "
+                      "`dns` host in the inventory)")
         else:
-            _check_server(inventory, server, err)
-        if not 0 < port < 65536:
-            err("mailops_dns_rfc2136_port", f"{port} is not a port", "write 1 to 65535")
-
-    zdir = opt("mailops_dns_zonefile_dir", str, None, "write a directory path")
-    nameservers = opt("mailops_dns_zonefile_nameservers", list, [], "write a list of names")
-    hostmaster = opt("mailops_dns_zonefile_hostmaster", str, None, "e.g. hostmaster.example.com")
+            _check_lab_server(inventory, server, check)
+    zdir = values.get("mailops_dns_zonefile_dir")
+    nameservers = values.get("mailops_dns_zonefile_nameservers")
     if provider == "zonefile":
-        if not zdir:
-            err("mailops_dns_zonefile_dir", "missing (required for the zonefile provider)",
-                "name the folder for the zone files, e.g. `mailops_dns_zonefile_dir: zones` "
-                "(relative to the inventory)")
-        if not nameservers or not all(isinstance(n, str) and DNS_NAME_RE.match(n.rstrip("."))
-                                      for n in nameservers):
-            err("mailops_dns_zonefile_nameservers", "missing or not a list of host names "
-                "(required for the zonefile provider)",
-                "list the zones' name servers, e.g. `[ns1.example.com, ns2.example.com]`")
-    zonefile_dir = (inventory.path / zdir) if zdir else None
+        if "mailops_dns_zonefile_dir" in values and not zdir:
+            check.add("mailops_dns_zonefile_dir", "missing (required for the zonefile provider)")
+        if nameservers is not None and not nameservers:
+            check.add("mailops_dns_zonefile_nameservers",
+                      "missing (required for the zonefile provider)")
 
-    service_ipv4 = opt("mailops_dns_service_ipv4", list, [], "write a list of IPv4 addresses")
-    for i, ip in enumerate(service_ipv4):
-        try:
-            ipaddress.IPv4Address(ip)
-        except ValueError:
-            err(f"mailops_dns_service_ipv4[{i}]", f"{ip!r} is not an IPv4 address",
-                "write the address clients reach the service at, e.g. 192.0.2.10")
-    spf = opt("mailops_dns_spf", str, None, 'write the SPF text, e.g. "v=spf1 mx -all"')
-    dmarc = opt("mailops_dns_dmarc", str, None, 'e.g. "v=DMARC1; p=quarantine"')
-    external = external_domain(inventory, errors)
-    if errors:
-        raise InventoryErrors(errors)
+    if check.errors:
+        raise InventoryErrors(check.errors)
     return DnsSettings(
-        provider=provider, owner=owner, max_share=float(share), ttl=ttl,
-        tsig_key_name=key_name, tsig_algorithm=algorithm, rfc2136_server=server,
-        rfc2136_port=port, route53_profile=opt("mailops_dns_route53_profile", str, None, ""),
-        route53_endpoint_url=opt("mailops_dns_route53_endpoint_url", str, None, ""),
-        zonefile_dir=zonefile_dir, zonefile_nameservers=tuple(nameservers),
-        zonefile_hostmaster=hostmaster, service_ipv4=tuple(service_ipv4), spf=spf,
-        dmarc=dmarc, external_domain=external)
+        provider=provider, owner=values["mailops_dns_owner"],
+        max_share=values["mailops_dns_max_change_share"], ttl=values["mailops_dns_ttl"],
+        tsig_key_name=key_name, tsig_algorithm=values["mailops_dns_tsig_algorithm"],
+        rfc2136_server=server, rfc2136_port=values["mailops_dns_rfc2136_port"],
+        route53_profile=values["mailops_dns_route53_profile"],
+        route53_endpoint_url=values["mailops_dns_route53_endpoint_url"],
+        zonefile_dir=inventory.path / zdir if zdir else None,
+        zonefile_nameservers=nameservers,
+        zonefile_hostmaster=values["mailops_dns_zonefile_hostmaster"],
+        service_ipv4=values["mailops_dns_service_ipv4"], spf=values["mailops_dns_spf"],
+        dmarc=values["mailops_dns_dmarc"], external_domain=external)
 
 
-def _check_server(inventory: Inventory, server: str, err: Callable[..., None]) -> None:
-    try:
-        address = ipaddress.IPv4Address(server)
-    except ValueError:
-        err("mailops_dns_rfc2136_server", f"{server!r} is not an IPv4 address",
-            "write the primary server's address, e.g. 192.0.2.53")
-        return
+def _check_lab_server(inventory: Inventory, server: str, check: Validator) -> None:
     # A lab publishes only inside itself: its zones are not the world's.
+    address = ipaddress.IPv4Address(server)
     if inventory.lab is not None and not (address in inventory.lab.subnet
                                           or address.is_loopback):
-        err("mailops_dns_rfc2136_server", f"{server} is outside the lab subnet "
-            f"{inventory.lab.subnet}", "a lab publishes to its own name server: leave the key "
-            "out (the `dns` host is used) or give an address in the lab")
+        check.add("mailops_dns_rfc2136_server", f"{server} is outside the lab subnet "
+                  f"{inventory.lab.subnet}", "a lab publishes to its own name server: leave "
+                  "the key out (the `dns` host is used) or give an address in the lab")

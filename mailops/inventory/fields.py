@@ -109,6 +109,11 @@ class Field:
 # ---------------------------------------------------------------- common checks
 
 
+def holds(predicate: Callable[[Any], Any], problem: str) -> Check:
+    """A check from a predicate; problem may name {value}."""
+    return lambda v: None if predicate(v) else problem.format(value=brief(v))
+
+
 def one_of(choices: Sequence[Any], problem: str) -> Check:
     return lambda v: None if v in choices else problem.format(value=brief(v))
 

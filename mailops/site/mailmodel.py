@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailops.core.errors import InventoryErrors
-from mailops.inventory.fields import Field, Validator, brief, in_group_vars, matches, one_of
+from mailops.inventory.fields import Field, Validator, holds, in_group_vars, matches, one_of
 from mailops.inventory.model import Inventory
 from mailops.site.mtasts import MODES as STS_MODES
 
@@ -86,7 +86,7 @@ MAIL_FIELDS = (
           check=matches(DNS_NAME_RE, "{value} is not a DNS name"),
           fix="give the mail service's lowercase fully qualified DNS name, e.g. "
               "`mailops_service_name: mail.example.com`"),
-    Field("mailops_domains", list, MAIL_FILE, check=lambda v: None if v else "is empty",
+    Field("mailops_domains", list, MAIL_FILE, check=holds(len, "is empty"),
           fix="list the mail domains, at least one: `mailops_domains: [example.com]`",
           each=Field("domain", str, wrong_type="{value} is not a domain name",
                      check=matches(DNS_NAME_RE, "{value} is not a domain name"),
@@ -99,15 +99,14 @@ MAIL_FIELDS = (
           each=Field("mailbox", dict, wrong_type="must be a mapping", fix=f"write {MAILBOX}",
                      convert=_mailbox, fields=(
               Field("address", str, MAIL_FILE, wrong_type="{value} is not a mail address",
-                    check=lambda v: None if _address_ok(v) else f"{brief(v)} is not a mail address",
+                    check=holds(_address_ok, "{value} is not a mail address"),
                     fix="write a lowercase address like user@example.com"),
               Field("quota", (str, int), MAIL_FILE, wrong_type="{value} is not a quota",
-                    check=lambda v: None if QUOTA_RE.match(str(v)) else f"{brief(v)} is not a quota",
+                    check=holds(lambda v: QUOTA_RE.match(str(v)), "{value} is not a quota"),
                     fix="write a size like 500M or 2G (K, M, G, T)"),
               Field("password_hash", str, MAIL_FILE, default=None,
                     wrong_type="is not a Dovecot password hash",
-                    check=lambda v: None if v.startswith("{") else
-                    "is not a Dovecot password hash",
+                    check=holds(lambda v: v.startswith("{"), "is not a Dovecot password hash"),
                     fix="generate one with `doveadm pw -s SHA512-CRYPT`, or leave it out and "
                         "mailops keeps a generated password in the vault")))),
     Field("mailops_aliases", dict, MAIL_FILE, default={}, wrong_type="must be a mapping",
@@ -116,7 +115,7 @@ MAIL_FIELDS = (
                      check=_destinations_problem, convert=_destinations,
                      fix="write `alias@domain: [user@domain, other@elsewhere]`")),
     Field("mailops_message_size_limit", int, MAIL_FILE,
-          check=lambda v: None if v >= 65536 else f"{v} bytes is too small",
+          check=holds(lambda v: v >= 65536, "{value} bytes is too small"),
           fix="give the largest message in bytes, at least 65536 (headers alone can be tens "
               "of kilobytes), e.g. `mailops_message_size_limit: 26214400`"),
     Field("mailops_spam_add_header_score", (int, float), MAIL_FILE, convert=float,

@@ -87,6 +87,10 @@ def options(role: str) -> dict[str, dict[str, Any]]:
     return spec(role)["argument_specs"]["main"]["options"]
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def has_jinja(value: Any) -> bool:
     if isinstance(value, str):
         return any(mark in value for mark in ("{{", "{%", "{#"))
@@ -114,7 +118,7 @@ def same(a: Any, b: Any) -> bool:
 @pytest.mark.parametrize("role", ROLES)
 def test_spec_exists_and_parses(role):
     path = ROLE_DIRS[role] / "meta" / "argument_specs.yml"
-    assert path.is_file(), f"{path.relative_to(ROOT)} is missing"
+    assert path.is_file(), f"{_shown(path)} is missing"
     data = spec(role)
     assert isinstance(data, dict) and set(data) == {"argument_specs"}, \
         f"{role}: the file holds one key, argument_specs"
@@ -191,8 +195,7 @@ def test_role_uses_only_public_or_internal_variables(role):
             for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
                 for internal, name in pattern.findall(line):
                     if not internal and name not in known:
-                        undocumented.setdefault(name, []).append(
-                            f"{path.relative_to(ROOT)}:{n}")
+                        undocumented.setdefault(name, []).append(f"{_shown(path)}:{n}")
     assert not undocumented, (
         f"{role}: variables used but neither public (defaults/main.yml and the spec) nor "
         "internal (_" + role + "__x):\n  "
@@ -204,7 +207,8 @@ def test_role_uses_only_public_or_internal_variables(role):
 
 def _spec_arg(role: str) -> str:
     path = ROLE_DIRS[role] / "meta" / "argument_specs.yml"
-    return f"{{{{ (lookup('ansible.builtin.file', '{path}') | from_yaml).argument_specs.main.options }}}}"
+    spec_yaml = f"lookup('ansible.builtin.file', '{path}') | from_yaml"
+    return f"{{{{ ({spec_yaml}).argument_specs.main.options }}}}"
 
 
 def _provided(role: str) -> dict[str, str]:
@@ -271,7 +275,8 @@ def _localhost_inventory(tmp: Path) -> Path:
     return path
 
 
-def _run(tmp: Path, playbook: list[dict], inventory: Path, *args: str) -> subprocess.CompletedProcess:
+def _run(tmp: Path, playbook: list[dict], inventory: Path,
+         *args: str) -> subprocess.CompletedProcess:
     path = tmp / f"playbook-{len(list(tmp.glob('playbook-*.yml')))}.yml"
     path.write_text(yaml.safe_dump(playbook, sort_keys=False, width=1000))
     return subprocess.run(
