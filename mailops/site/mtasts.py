@@ -4,7 +4,8 @@ https://mta-sts.<domain>/.well-known/mta-sts.txt and the id published in
 mailops_mta_sts: enforce, testing (the default: report, never refuse), none
 (withdraws a published policy) or off (no policy, no records).
 
-mailops/converge/playbooks/vars/model.yml writes the same policy text for HAProxy."""
+The balancer serves this same text: mailops.site.ansible_vars hands it to
+the haproxy role."""
 
 from __future__ import annotations
 
