@@ -369,21 +369,48 @@ def test_bad_checks_are_refused_before_anything_runs(workdir, checks, message):
 
 FAKE_SYSTEMCTL = """#!/bin/sh
 # Stand-in systemctl: states from $STATE (lines "unit enabled active", and a
-# fourth word "reload" for a unit whose files changed on disk), every call
-# appended to $CALLS. `show` prints a block per unit, as systemd does (empty
-# UnitFileState for a unit it does not know); daemon-reload clears "reload".
+# fourth word "reload" for a unit whose files changed on disk, or "cgroup" for
+# a unit whose first start fails with status 219), every call appended to
+# $CALLS. `show` prints a block per unit, as systemd does (empty
+# UnitFileState for a unit it does not know); daemon-reload clears "reload"
+# and loads the drop-ins in $UNITS/UNIT.service.d (none are loaded before).
 echo "$*" >> "$CALLS"
 if [ "$1" = daemon-reload ]; then
   sed -i 's/ reload$//' "$STATE"
+  touch "$STATE.reloaded"
+  exit 0
+fi
+if [ "$1" = start ]; then
+  shift
+  for u in "$@"; do
+    if grep -q "^$u .* cgroup$" "$STATE" && [ ! -e "$STATE.$u.tried" ]; then
+      touch "$STATE.$u.tried"
+      echo "Job for $u.service failed because the control process exited" >&2
+      exit 1
+    fi
+  done
   exit 0
 fi
 [ "$1" = show ] || exit 0
+if [ "$2" = --property=ExecMainStatus ]; then
+  shift 3
+  for u in "$@"; do
+    if grep -q "^$u .* cgroup$" "$STATE"; then echo 219; else echo 0; fi
+  done
+  exit 0
+fi
 shift 2
 first=1
 for u in "$@"; do
   [ $first = 1 ] || echo
   first=0
   line=$(grep "^$u " "$STATE")
+  echo "Id=$u.service"
+  loaded=""
+  if [ -e "$STATE.reloaded" ]; then
+    loaded=$(ls "$UNITS/$u.service.d/"*.conf 2>/dev/null | tr '\n' ' ')
+  fi
+  echo "DropInPaths=$loaded"
   echo "UnitFileState=$(echo "$line" | cut -s -d' ' -f2)"
   echo "ActiveState=$(echo "$line" | cut -s -d' ' -f3 | grep . || echo inactive)"
   if [ "$(echo "$line" | cut -s -d' ' -f4)" = reload ]; then
@@ -405,8 +432,9 @@ def fake_systemctl(tmp_path: Path) -> tuple[dict, Path]:
                                     "t enabled inactive\n")
     calls = tmp_path / "calls"
     calls.write_text("")
+    (tmp_path / "units").mkdir()
     env = {"PATH": f"{bindir}:{os.environ['PATH']}", "STATE": str(tmp_path / "state"),
-           "CALLS": str(calls)}
+           "CALLS": str(calls), "UNITS": str(tmp_path / "units")}
     return env, calls
 
 
@@ -415,6 +443,7 @@ SERVICES_TASK = """\
   mailops.mail.services:
     started: [a, b, c, nosuch]
     enabled: [t]
+    unit_folders: ["{{ lookup('ansible.builtin.env', 'UNITS') }}"]
   register: result
 - name: Show the units it changed
   ansible.builtin.debug:
@@ -469,6 +498,54 @@ def test_services_reload_systemd_once_first_when_a_unit_needs_it(tmp_path, fake_
     rc, log, rows = play(tmp_path, SERVICES_TASK, env=env)
     assert rc == 0 and rows[0]["changed"] is False and "daemon_reloaded=False;" in log, log
     assert [c.split()[0] for c in calls.read_text().splitlines()] == ["show"]
+
+
+def test_services_reload_systemd_for_a_drop_in_folder_it_has_not_seen(tmp_path,
+                                                                     fake_systemctl):
+    """systemd's NeedDaemonReload stays "no" for a drop-in folder made since its
+    last reload (it caches the unit folders): the module looks on disk."""
+    env, calls = fake_systemctl
+    (tmp_path / "state").write_text("a enabled active\nb enabled active\nc enabled active\n"
+                                    "t enabled inactive\nnosuch static active\n")
+    dropin = tmp_path / "units" / "c.service.d"
+    dropin.mkdir()
+    (dropin / "mailops.conf").write_text("[Service]\n")
+    (dropin / "notes.txt").write_text("not a drop-in\n")
+    rc, log, rows = play(tmp_path, SERVICES_TASK, env=env)
+    assert rc == 0 and rows[0]["changed"] is True, log
+    assert "daemon_reloaded=True;" in log
+    assert [c.split()[0] for c in calls.read_text().splitlines()] == ["show", "daemon-reload"]
+
+    # Loaded now (DropInPaths lists it): nothing to do.
+    calls.write_text("")
+    rc, log, rows = play(tmp_path, SERVICES_TASK, env=env)
+    assert rc == 0 and rows[0]["changed"] is False and "daemon_reloaded=False;" in log, log
+
+
+def test_services_try_a_start_again_after_a_cgroup_failure(tmp_path, fake_systemctl):
+    env, calls = fake_systemctl
+    (tmp_path / "state").write_text("a enabled active\nb enabled active\n"
+                                    "c enabled inactive cgroup\nt enabled inactive\n"
+                                    "nosuch static active\n")
+    rc, log, rows = play(tmp_path, SERVICES_TASK, env=env)
+    assert rc == 0 and rows[0]["changed"] is True, log
+    made = calls.read_text().splitlines()
+    assert made.count("start c") == 2, made
+    assert any("ExecMainStatus" in c for c in made), made
+
+
+def test_services_fail_at_once_on_any_other_start_failure(tmp_path, fake_systemctl):
+    env, calls = fake_systemctl
+    bindir = tmp_path / "bin"
+    (bindir / "systemctl").write_text(FAKE_SYSTEMCTL.replace(
+        'if [ "$1" = start ]; then', 'if [ "$1" = start ]; then\n  echo "bad unit" >&2; exit 1'))
+    (tmp_path / "state").write_text("a enabled active\nb enabled active\n"
+                                    "c enabled inactive\nt enabled inactive\n"
+                                    "nosuch static active\n")
+    rc, log, rows = play(tmp_path, SERVICES_TASK, env=env)
+    assert rc != 0 and "systemctl start c failed: bad unit" in log, log
+    assert calls.read_text().splitlines().count("start c") == 1
+    assert no_traceback(log), log
 
 
 def test_services_in_check_mode_change_nothing(tmp_path, fake_systemctl):
