@@ -63,7 +63,7 @@ def site_vars(inventory: Inventory, model: MailModel) -> dict[str, Any]:
         "peers": peers,
         "backends": {h.name: addr[h.name] for h in inventory.group("mail")},
         "balancers": [addr[h.name] for h in inventory.group("lb")],
-        "resolvers": list(resolvers),
+        "resolvers": list(resolvers),  # resolv.conf and rspamd alike
         "mailboxes": [m.address.lower() for m in model.mailboxes],
         "mta_sts": {"enabled": sts, "hosts": mtasts.hosts(model) if sts else [],
                     "policy": mtasts.policy(model)},
