@@ -17,6 +17,10 @@ drained.
 Then single-message sessions, one at a time, alternating between the two
 targets, time each session (connect to QUIT) from ext1.
 
+Every message is delivered on bob's home node (mailops.site.homes) whichever
+node accepted it; the stored copies are counted on both nodes (copies /
+distinct = 1.000 when no message is stored twice).
+
 Ratios: messages per second through the balancer (to both nodes, and to mail1
 alone) / straight to mail1, and p50/p90/p99 session latency through the
 balancer / straight.
@@ -187,11 +191,18 @@ def main() -> int:
                     f"{latency['errors'][:3]}")
             sent = MESSAGES * len(ROUNDS) + sum(len(v) for v in latency["samples"].values())
             copies: int | None = None
+            stored: dict[str, dict] = {}
             try:
-                delivered, copies = count_delivered(inventory, mail1, f"mailpath {run_id}",
-                                                    sent)
-                say(f"{delivered} of {sent} accepted messages in {RCPT}'s INBOX on "
-                    f"{mail1.name}, in {copies} copies")
+                for host in (mail1, mail2):
+                    n_distinct, n_copies = count_delivered(inventory, host,
+                                                           f"mailpath {run_id}", sent)
+                    stored[host.name] = {
+                        "distinct": n_distinct, "copies": n_copies,
+                        "copies_over_distinct": benchlib.ratio(n_copies, n_distinct)}
+                    say(f"{n_distinct} of {sent} accepted messages in {RCPT}'s INBOX on "
+                        f"{host.name}, in {n_copies} copies")
+                delivered, copies = (stored[mail1.name]["distinct"],
+                                     stored[mail1.name]["copies"])
             except (RuntimeError, ValueError) as e:  # a figure missing, not a failed bench
                 delivered = None
                 say(f"WARNING: could not count the delivered messages: {e}")
@@ -228,7 +239,7 @@ def main() -> int:
         "rounds": rounds, "latency": lat,
         "latency_errors": latency["error_count"],
         "delivered": {"accepted": sent, "in_inbox_on_mail1": delivered,
-                      "copies_in_inbox_on_mail1": copies},
+                      "copies_in_inbox_on_mail1": copies, "by_node": stored},
         "latency_samples_seconds": latency["samples"],
         "up_wall_seconds": round(up_wall, 1)})
     b, d = lat["balancer"], lat["direct"]
@@ -240,7 +251,8 @@ def main() -> int:
           f"(balancer {b['p50_ms']:.0f}/{b['p90_ms']:.0f}/{b['p99_ms']:.0f} ms, "
           f"direct {d['p50_ms']:.0f}/{d['p90_ms']:.0f}/{d['p99_ms']:.0f} ms); "
           f"delivered {'?' if delivered is None else delivered}/{sent}"
-          f" (in {'?' if copies is None else copies} copies)")
+          f" (in {'?' if copies is None else copies} copies); copies/distinct "
+          + ", ".join(f"{n} {v['copies_over_distinct']}" for n, v in stored.items()))
     return 0 if delivered is None or delivered >= sent else 1
 
 

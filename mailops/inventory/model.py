@@ -491,6 +491,13 @@ def load_inventory(path: Path | str) -> Inventory:
             file, raw.group_keys.get("mail", "all.children.mail"),
             "no host in group 'mail' (at least one mail node is required)",
             "add `mail: {hosts: {mail1: {ansible_host: ...}}}` under all.children"))
+    mail = [h.name for h in hosts if "mail" in h.groups]
+    if len(mail) > 1 and len(mail) % 2:
+        errors.append(InventoryError(
+            file, raw.group_keys.get("mail", "all.children.mail"),
+            f"{len(mail)} mail nodes: they replicate in pairs in inventory order (1st with "
+            f"2nd, 3rd with 4th, ...), so {mail[-1]} has no pair",
+            f"add one more mail node after {mail[-1]}, or remove {mail[-1]}"))
     if errors:
         raise InventoryErrors(errors)
     known = (data.get("all") or {}).get("vars", {}) or {}

@@ -1,7 +1,7 @@
 """The derived site values handed to Ansible as one variable, mailops_site,
 so that the playbooks' vars/*.yml only rename: zones and the external
 domain's records for the name server, replication pairs, the balancer's
-backends, PROXY protocol, MTA-STS and the resolvers. Computed in Python
+backends, PROXY protocol, MTA-STS, the resolvers and the mailboxes' homes. Computed in Python
 (mailops.site.derived, mailops.site.mtasts) and nowhere else."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mailops.inventory.model import Inventory
-from mailops.site import mtasts
+from mailops.site import homes, mtasts
 from mailops.site.derived import (
     external_domain,
     replication_pairs,
@@ -65,6 +65,9 @@ def site_vars(inventory: Inventory, model: MailModel) -> dict[str, Any]:
         "balancers": [addr[h.name] for h in inventory.group("lb")],
         "resolvers": list(resolvers),  # resolv.conf and rspamd alike
         "mailboxes": [m.address.lower() for m in model.mailboxes],
+        # Where each mailbox is delivered: its home node, then the fallback.
+        "homes": [{"address": h.address, "node": h.node, "nodes": [addr[n] for n in h.nodes]}
+                  for h in homes.homes(inventory, model).values()],
         "mta_sts": {"enabled": sts, "hosts": mtasts.hosts(model) if sts else [],
                     "policy": mtasts.policy(model)},
     }

@@ -28,6 +28,7 @@ class Mailbox:
     quota: str  # Dovecot syntax, e.g. 50M
     quota_bytes: int
     password_hash: str | None = None  # None: mailops generates one into the vault
+    home: str | None = None  # a mail node pinned as its home (mailops.site.homes)
 
     @property
     def domain(self) -> str:
@@ -65,7 +66,7 @@ def _mailbox(entry: dict[str, Any]) -> Mailbox:
     quota = str(entry["quota"])
     match = QUOTA_RE.match(quota)
     return Mailbox(entry["address"], quota, int(match[1]) * _UNITS[match[2]],
-                   entry["password_hash"])
+                   entry["password_hash"], entry["home"])
 
 
 def _destinations(value: str | list) -> tuple[str, ...]:
@@ -108,7 +109,10 @@ MAIL_FIELDS = (
                     wrong_type="is not a Dovecot password hash",
                     check=holds(lambda v: v.startswith("{"), "is not a Dovecot password hash"),
                     fix="generate one with `doveadm pw -s SHA512-CRYPT`, or leave it out and "
-                        "mailops keeps a generated password in the vault")))),
+                        "mailops keeps a generated password in the vault"),
+              Field("home", str, MAIL_FILE, default=None, wrong_type="{value} is not a node name",
+                    fix="name a host of the mail group, e.g. `home: mail2`, or leave it out "
+                        "and mailops picks the home")))),
     Field("mailops_aliases", dict, MAIL_FILE, default={}, wrong_type="must be a mapping",
           fix="write `alias@domain: [dest@domain]`",
           each=Field("alias", (str, list), wrong_type=DESTINATIONS,
@@ -156,6 +160,11 @@ def load_mail_model(inventory: Inventory) -> MailModel:
                       "add the domain to mailops_domains or fix the address")
         if any(b.address == box.address for b in mailboxes):
             check.add(key, f"{box.address} is listed twice", "list each mailbox once")
+        nodes = [h.name for h in inventory.group("mail")]
+        if box.home is not None and box.home not in nodes:
+            check.add(f"mailops_mailboxes[{i}].home", f"{box.home!r} is not a mail node",
+                      f"name one of the mail group's hosts ({', '.join(nodes)}), or leave "
+                      "`home` out and mailops picks the home")
         mailboxes.append(box)
     aliases = values.get("mailops_aliases") or {}
     for source in aliases:

@@ -9,6 +9,7 @@ postqueue, df."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 
@@ -17,6 +18,7 @@ from mailops.inventory.model import Host, Inventory
 from mailops.verify.report import FAIL, OK, WARN, Report, Row
 from mailops.verify.service import PORTS, Service
 
+_LMTP_BY = re.compile(r"\bby\s+(\S+)\s+with LMTP\b")
 BACKEND = {25: "smtp", 587: "submission", 465: "submissions", 143: "imap", 993: "imaps",
            110: "pop3", 995: "pop3s"}
 
@@ -211,6 +213,64 @@ def check_replication(inventory: Inventory, svc: Service, report: Report,
                 f"grep -i dsync`; check the doveadm password and port 12345 on both nodes "
                 "(`deploy.py converge` restores them), then `doveadm replicator replicate "
                 "'*'`"))
+
+
+def check_homes(inventory: Inventory, svc: Service, report: Report,
+                timeout: float = 30) -> None:
+    """A message for the test account handed to each node is stored on the
+    account's home node, once, by that node's own LMTP (Dovecot's Received
+    header names the host that stored it)."""
+    nodes = inventory.group("mail")
+    if len(nodes) < 2 or not svc.accounts:
+        return
+    user = next(iter(svc.accounts))
+    home = svc.homes.get(user.lower())
+    if home is None:
+        return
+    home_host = inventory.host(home.node)
+    for node in nodes:
+        subject = f"mailops home {uuid.uuid4().hex[:10]}"
+        check, target = "delivered on the home node", f"{user} via {node.name}"
+        res = remote.sendmail(inventory, node, user, user, subject, "home node check")
+        if res.returncode != 0:
+            report.rows.append(Row(check, target, FAIL, "",
+                                   f"could not inject a message on {node.name}: "
+                                   f"{res.stderr.strip()[:200]}",
+                                   f"on {node.name}: `systemctl status postfix`"))
+            continue
+        query = f"mailbox INBOX header subject '{subject}'"
+        t0, found = time.monotonic(), ""
+        while time.monotonic() - t0 < timeout:
+            found = remote.run(inventory, home_host, f"doveadm search -u {user} {query}").stdout
+            if found.strip():
+                break
+            time.sleep(0.5)
+        copies = len(found.strip().splitlines())
+        headers = remote.run(inventory, home_host,
+                             f"doveadm fetch -u {user} hdr {query}").stdout if copies else ""
+        # The header is folded: "Received: from ...\n\tby mail2 with LMTP ...".
+        lmtp = _LMTP_BY.search(headers)
+        stored_by = lmtp[1] if lmtp else ""
+        remote.run(inventory, home_host, f"doveadm expunge -u {user} {query}")
+        if copies == 1 and stored_by == home.node:
+            report.rows.append(Row(check, target, OK,
+                                   f"stored once on {home.node} (its home) after "
+                                   f"{time.monotonic() - t0:.1f} s"))
+        elif copies == 0:
+            report.rows.append(Row(
+                check, target, FAIL, "",
+                f"handed to {node.name}, not on its home {home.node} after {timeout:.0f} s",
+                f"on {node.name}: `postqueue -p` and `journalctl -u postfix | grep lmtp` show "
+                f"why; LMTP to {home.node}:24 must be reachable (`deploy.py converge` writes "
+                "/etc/postfix/transport_homes and Dovecot's LMTP listener)"))
+        else:
+            report.rows.append(Row(
+                check, target, FAIL, f"{copies} cop(ies), stored by {stored_by or 'unknown'}",
+                f"handed to {node.name}, the message was stored {copies} time(s) on "
+                f"{home.node}, by {stored_by or 'an unknown host'} rather than once by "
+                f"{home.node} itself",
+                f"on {node.name}: `postmap -q {user} texthash:/etc/postfix/transport_homes` must "
+                f"name {home.node} first (`deploy.py converge` writes it)"))
 
 
 def check_node_health(inventory: Inventory, report: Report) -> None:

@@ -4,12 +4,13 @@ mail model and the vault (read only)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailops.core.paths import ca_file, vault_file
 from mailops.inventory.model import Inventory
 from mailops.secrets.vault import load_secrets
+from mailops.site.homes import Home, homes
 from mailops.site.mailmodel import load_mail_model
 from mailops.verify.mailclient import Endpoint
 
@@ -30,6 +31,7 @@ class Service:
     front: str  # that host's name
     ca_file: Path | None  # None: the system's CAs
     accounts: dict[str, str]  # test accounts: address -> password
+    homes: dict[str, Home] = field(default_factory=dict)  # every mailbox's home
 
     def endpoint(self) -> Endpoint:
         return Endpoint(self.address, self.service_name, self.ca_file)
@@ -56,4 +58,5 @@ def service_for(inventory: Inventory) -> Service:
         # Elsewhere only a mailbox kept for tests, never a user's.
         wanted = inventory.variables.get(front.name, {}).get("mailops_verify_account")
         accounts = {wanted: passwords[wanted]} if wanted in passwords else {}
-    return Service(model.service_name, str(front.address), front.name, ca, accounts)
+    return Service(model.service_name, str(front.address), front.name, ca, accounts,
+                   homes(inventory, model))

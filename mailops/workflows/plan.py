@@ -5,16 +5,19 @@ generating no secret."""
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailops.converge.run import converge
 from mailops.core.errors import MailopsError
+from mailops.core.progress import table
 from mailops.dns import deploy as dnsdeploy
 from mailops.dns.settings import settings as dns_settings
 from mailops.inventory.model import Inventory
 from mailops.lab.lab import Lab
 from mailops.site.mailmodel import load_mail_model
+
+HOMES_FILE = "/etc/postfix/transport_homes"
 
 
 @dataclass
@@ -22,6 +25,8 @@ class PlanResult:
     tasks: list[dict]  # changed task results from Ansible's check mode
     dns: list  # mailops.dns.plan.Plan, zone by zone
     dns_cfg: Any = None
+    # (mailbox, home node now, home node after) for each mailbox that moves
+    home_moves: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def changes(self) -> int:
@@ -31,7 +36,9 @@ class PlanResult:
         return {"changes": self.changes,
                 "converge": [{k: t[k] for k in ("host", "task", "handler")}
                              | {"diff": [_unified(d) for d in t["diff"]]} for t in self.tasks],
-                "dns": [p.to_dict() for p in self.dns]}
+                "dns": [p.to_dict() for p in self.dns],
+                "home_moves": [{"mailbox": a, "from": old, "to": new}
+                               for a, old, new in self.home_moves]}
 
     def text(self) -> str:
         out = [f"converge (Ansible check mode): {len(self.tasks)} task(s) would change"]
@@ -40,6 +47,11 @@ class PlanResult:
             out.append(f"  {t['host']}: {t['task']}{kind}")
             for d in t["diff"]:
                 out += ["      " + ln for ln in _unified(d).splitlines()]
+        if self.home_moves:
+            out += ["", f"mailbox homes: {len(self.home_moves)} mailbox(es) would move "
+                    "(their deliveries and sessions go to the new home node)",
+                    table(["mailbox", "home now", "home after"],
+                          [list(m) for m in self.home_moves])]
         out += ["", dnsdeploy.plan_report(self.dns, self.dns_cfg)]
         return "\n".join(out)
 
@@ -60,6 +72,32 @@ def _unified(d: dict) -> str:
         fromfile=name, tofile=after_name)).rstrip()
 
 
+def _homes_in(text: str, names: dict[str, str]) -> dict[str, str]:
+    """mailbox -> home node name, from a transport_homes file's text (the
+    first nexthop is the home)."""
+    homes = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and not line.startswith("#") and "[" in parts[1]:
+            ip = parts[1].split("[", 1)[1].split("]", 1)[0]
+            homes[parts[0]] = names.get(ip, ip)
+    return homes
+
+
+def home_moves(tasks: list[dict], inventory: Inventory) -> list[tuple[str, str, str]]:
+    """The mailboxes whose home node the converge would change, read from
+    the check-mode diff of the home table (the same on every node)."""
+    names = {str(h.address): h.name for h in inventory.hosts}
+    for t in tasks:
+        for d in t["diff"]:
+            if d.get("before_header") == HOMES_FILE and isinstance(d.get("after"), str):
+                before = _homes_in(str(d.get("before", "")), names)
+                after = _homes_in(d["after"], names)
+                return [(a, before[a], n) for a, n in after.items()
+                        if a in before and before[a] != n]
+    return []
+
+
 def plan(inventory: Inventory) -> PlanResult:
     """What `up` would change on hosts that exist: Ansible in check mode with
     diffs, and the DNS plan. Generates no secret and changes nothing."""
@@ -71,5 +109,6 @@ def plan(inventory: Inventory) -> PlanResult:
                                "running hosts with the inventory\n  fix: `deploy.py up` "
                                "creates and converges them")
     result = converge(inventory, check=True, diff=True)
-    return PlanResult([t for t in result.tasks if t["changed"]], dnsdeploy.plan(inventory),
-                      dns_settings(inventory))
+    tasks = [t for t in result.tasks if t["changed"]]
+    return PlanResult(tasks, dnsdeploy.plan(inventory), dns_settings(inventory),
+                      home_moves(tasks, inventory))
