@@ -164,7 +164,8 @@ def main() -> None:
     started, enabled = module.params["started"], module.params["enabled"]
     units = started + [u for u in enabled if u not in started]
     states = dict(zip(units, _states(module, units), strict=True)) if units else {}
-    reload = any(states[u].get("NeedDaemonReload") == "yes" or _unloaded_dropins(states[u], module.params["unit_folders"])
+    folders = module.params["unit_folders"]
+    reload = any(states[u].get("NeedDaemonReload") == "yes" or _unloaded_dropins(states[u], folders)
                  for u in units)
     missing = [u for u in units if states[u].get("UnitFileState")
                not in ("enabled", "static", "alias", "indirect", "generated")]

@@ -13,7 +13,8 @@ BIN = Path(sys.executable).parent
 
 
 def test_ruff_is_clean():
-    targets = [p for p in ("mailops", "tests", "bench", "deploy.py") if (ROOT / p).exists()]
+    targets = [p for p in ("mailops", "plugins", "tests", "bench", "deploy.py")
+               if (ROOT / p).exists()]
     res = subprocess.run([str(BIN / "ruff"), "check", *targets],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
