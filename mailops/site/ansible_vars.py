@@ -1,8 +1,8 @@
 """The derived site values handed to Ansible as one variable, mailops_site,
 so that the playbooks' vars/*.yml only rename: zones and the external
 domain's records for the name server, replication pairs, the balancer's
-backends, PROXY protocol, MTA-STS, the resolvers and the mailboxes' homes. Computed in Python
-(mailops.site.derived, mailops.site.mtasts) and nowhere else."""
+backends, PROXY protocol, MTA-STS, the resolvers and the mailboxes' homes.
+Computed in Python (mailops.site.derived, .mtasts, .homes) and nowhere else."""
 
 from __future__ import annotations
 

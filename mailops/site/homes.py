@@ -14,6 +14,7 @@ overrides both (for moving a user by hand, or pinning a test account).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mailops.inventory.model import Inventory
@@ -67,8 +68,9 @@ def homes(inventory: Inventory, model: MailModel) -> dict[str, Home]:
             for box in model.mailboxes}
 
 
-def moves(before: dict[str, Home], after: dict[str, Home]) -> list[tuple[str, str, str]]:
+def moves(before: Mapping[str, str], after: Mapping[str, str]) -> list[tuple[str, str, str]]:
     """(address, old home node, new home node) for every mailbox whose home
-    node changes between two sets of homes, e.g. when nodes are added."""
-    return [(a, before[a].node, h.node) for a, h in after.items()
-            if a in before and before[a].node != h.node]
+    node changes between two address -> home node maps, e.g. when nodes are
+    added."""
+    return [(a, before[a], node) for a, node in after.items()
+            if a in before and before[a] != node]

@@ -151,6 +151,7 @@ def load_mail_model(inventory: Inventory) -> MailModel:
         elif d is not None:
             domains.append(d)
     mailboxes: list[Mailbox] = []
+    nodes = [h.name for h in inventory.group("mail")]
     for i, box in enumerate(values.get("mailops_mailboxes") or []):
         if box is None:
             continue
@@ -160,7 +161,6 @@ def load_mail_model(inventory: Inventory) -> MailModel:
                       "add the domain to mailops_domains or fix the address")
         if any(b.address == box.address for b in mailboxes):
             check.add(key, f"{box.address} is listed twice", "list each mailbox once")
-        nodes = [h.name for h in inventory.group("mail")]
         if box.home is not None and box.home not in nodes:
             check.add(f"mailops_mailboxes[{i}].home", f"{box.home!r} is not a mail node",
                       f"name one of the mail group's hosts ({', '.join(nodes)}), or leave "

@@ -15,6 +15,7 @@ from mailops.dns import deploy as dnsdeploy
 from mailops.dns.settings import settings as dns_settings
 from mailops.inventory.model import Inventory
 from mailops.lab.lab import Lab
+from mailops.site.homes import moves
 from mailops.site.mailmodel import load_mail_model
 
 HOMES_FILE = "/etc/postfix/transport_homes"
@@ -91,10 +92,8 @@ def home_moves(tasks: list[dict], inventory: Inventory) -> list[tuple[str, str, 
     for t in tasks:
         for d in t["diff"]:
             if d.get("before_header") == HOMES_FILE and isinstance(d.get("after"), str):
-                before = _homes_in(str(d.get("before", "")), names)
-                after = _homes_in(d["after"], names)
-                return [(a, before[a], n) for a, n in after.items()
-                        if a in before and before[a] != n]
+                return moves(_homes_in(str(d.get("before", "")), names),
+                             _homes_in(d["after"], names))
     return []
 
 
