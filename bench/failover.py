@@ -12,11 +12,16 @@ reads HAProxy's admin socket every 50 ms and notes when mail2 is no longer
 UP in any of the 7 backends. The client stops; mail2 is booted again
 (`Lab.up()`), and once it is UP in the balancer, every message that got a
 250 is looked for in alice's INBOX over IMAP through the balancer (waiting
-for replication), and then on each node alone (the other set to
-maintenance).
+for replication), and then in each node's own store (doveadm on the node:
+IMAP follows the mailbox's home, so a login cannot pick the node). mail2 is
+alice's home: meanwhile a reader logs in over IMAP through the balancer
+every 0.5 s, and the time from the poweroff to its first good login after
+it is the IMAP outage (the other node's homes watcher must first see mail2
+down before it stops proxying her sessions there).
 
 Figures: seconds from poweroff to routed around, that divided by the health
-check interval (haproxy__check_inter), and messages lost (must be 0).
+check interval (haproxy__check_inter), messages lost and stored twice (both
+must be 0), and the IMAP outage in seconds.
 Results: bench/results/failover.json.
 """
 
@@ -103,23 +108,15 @@ def wait_for(fn, timeout: float, what: str, every: float = 1.0):
         time.sleep(every)
 
 
-def haproxy_cmds(inventory, commands: list[str]) -> None:
+def stored_subjects(inventory, node, user: str, prefix: str) -> list[str]:
+    """The run's subjects stored in the user's INBOX on one node (one per copy)."""
     from mailops.inventory import remote
 
-    lb = inventory.group("lb")[0]
-    script = "; ".join(f"echo '{c}' | socat - /run/haproxy/admin.sock" for c in commands)
-    res = remote.run(inventory, lb, script, timeout=30)
+    res = remote.run(inventory, node, f"doveadm -f flow fetch -u {user} hdr.subject mailbox "
+                                      f"INBOX header subject '{prefix}'", timeout=60)
     if res.returncode != 0:
-        raise RuntimeError(f"haproxy admin socket: {res.stderr.strip()}")
-
-
-def only_node(inventory, name: str | None) -> None:
-    """New sessions to one node only (the others in maintenance); None: all."""
-    from mailops.verify.nodes import BACKEND
-
-    haproxy_cmds(inventory, [
-        f"set server {b}/{h.name} state {'ready' if name in (None, h.name) else 'maint'}"
-        for b in BACKEND.values() for h in inventory.group("mail")])
+        raise RuntimeError(res.stderr.strip())
+    return [ln.split("=", 1)[1].strip() for ln in res.stdout.splitlines() if "=" in ln]
 
 
 def main() -> int:
@@ -170,11 +167,30 @@ def main() -> int:
                 with contextlib.suppress(smtplib.SMTPException, OSError):
                     conn.quit()
 
+        # A reader that logs in over IMAP through the balancer every 0.5 s:
+        # the victim is alice's home, so after the poweroff her sessions are
+        # proxied to a dead node until the watcher on the other node sees it.
+        logins: list[tuple[float, bool]] = []
+
+        def reader() -> None:
+            while not stop.is_set() and time.monotonic() < deadline + 60:
+                t = time.time()
+                try:
+                    imap = ep.imap(USER, password)
+                    imap.select("INBOX", readonly=True)
+                    imap.logout()
+                    logins.append((t, True))
+                except (imaplib.IMAP4.error, OSError):
+                    logins.append((t, False))
+                time.sleep(0.5)
+
         say(f"client: up to {MAX_MESSAGES} messages / {MAX_SECONDS} s through "
             f"{lb.name}:587 as {USER}")
         thread = threading.Thread(target=sender, daemon=True)
         t_start = time.monotonic()
         thread.start()
+        reading = threading.Thread(target=reader, daemon=True)
+        reading.start()
         watcher = None
         try:
             wait_for(lambda: len(accepted) >= POWEROFF_AFTER, 60,
@@ -201,15 +217,25 @@ def main() -> int:
             say(f"{victim.name} not UP in any backend {routed:.2f}s after the poweroff "
                 f"({routed / inter:.2f} check intervals)")
             thread.join(timeout=MAX_SECONDS + 60)
+            # Give the reader time to see IMAP served again.
+            wait_for(lambda: any(ok and t > t_off + 1 for t, ok in logins), 60,
+                     "an IMAP login after the poweroff", every=0.5)
         finally:
             stop.set()
             thread.join(timeout=60)
+            reading.join(timeout=60)
             if watcher is not None and watcher.poll() is None:
                 watcher.kill()  # our own ssh child, by its handle
                 watcher.wait(timeout=10)
         client_seconds = time.monotonic() - t_start
         say(f"client done: {len(accepted)} accepted, {len(refused)} not accepted, "
             f"{client_seconds:.1f}s")
+        # IMAP outage: from the poweroff to the first good login after it.
+        after = [t for t, ok in logins if ok and t > t_off]
+        imap_outage = (after[0] - t_off) if after else float("nan")
+        failed_logins = sum(1 for t, ok in logins if not ok and t > t_off)
+        say(f"IMAP served again {imap_outage:.2f}s after the poweroff "
+            f"({failed_logins} failed login(s) in between)")
 
         say(f"booting {victim.name} again (Lab.up)")
         t_boot = time.monotonic()
@@ -233,22 +259,23 @@ def main() -> int:
             wait_for(all_found, 180, "every accepted message in the INBOX", every=2)
         find_seconds = time.monotonic() - t_find
         lost = sorted(want - found)
+        # Each node's own store (IMAP follows the mailbox's home, so a login
+        # cannot pick the node): the subjects there, read with doveadm.
         per_node: dict[str, int] = {}
-        try:
-            for node in inventory.group("mail"):
-                only_node(inventory, node.name)
-                have: set[str] = set()
+        copies: dict[str, int] = {}
+        for node in inventory.group("mail"):
+            have: list[str] = []
 
-                def node_has(have=have) -> bool:
-                    have.update(mailclient.inbox_subjects(ep, USER, password, prefix))
-                    return want <= have
+            def node_has(node=node, have=have) -> bool:
+                have[:] = stored_subjects(inventory, node, USER, prefix)
+                return want <= set(have)
 
-                with contextlib.suppress(RuntimeError):
-                    wait_for(node_has, 120, f"every accepted message on {node.name}", every=2)
-                per_node[node.name] = len(want - have)
-                say(f"{node.name} alone: {per_node[node.name]} accepted message(s) missing")
-        finally:
-            only_node(inventory, None)
+            with contextlib.suppress(RuntimeError):
+                wait_for(node_has, 120, f"every accepted message on {node.name}", every=2)
+            per_node[node.name] = len(want - set(have))
+            copies[node.name] = len(have) - len(set(have))
+            say(f"{node.name}: {per_node[node.name]} accepted message(s) missing, "
+                f"{copies[node.name]} stored twice")
 
     ratio = benchlib.ratio(routed, inter)
     benchlib.write_results("failover", {
@@ -261,15 +288,19 @@ def main() -> int:
         "messages": {"accepted": len(accepted), "not_accepted": len(refused),
                      "accepted_before_poweroff": accepted_at_off, "lost": len(lost),
                      "lost_subjects": lost[:50], "missing_per_node": per_node,
+                     "duplicates_per_node": copies,
                      "found_after_seconds": round(find_seconds, 1)},
+        "imap": {"served_again_after_seconds": round(imap_outage, 2),
+                 "failed_logins": failed_logins, "logins": len(logins)},
         "client_seconds": round(client_seconds, 1),
         "node_back_up_seconds": round(back_up, 1),
         "states_before": before, "states_routed": json.loads(seen[2])})
     print(f"failover: routed around {victim.name} in {ratio:.2f} health-check intervals "
           f"({routed:.2f} s / {inter:g} s); messages lost {len(lost)} of {len(accepted)} "
           f"accepted ({len(refused)} not accepted, retried by a real client); missing per "
-          f"node {per_node}")
-    return 0 if not lost else 1
+          f"node {per_node}, stored twice {copies}; IMAP served again {imap_outage:.2f} s "
+          "after the poweroff")
+    return 0 if not lost and not any(copies.values()) else 1
 
 
 if __name__ == "__main__":

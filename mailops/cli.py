@@ -62,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("--json", action="store_true")
     inv(ver)
 
+    mv = sub.add_parser("move-mailbox", help="give a mailbox a new home node: copy, switch, "
+                                             "kick its sessions, final sync, check")
+    mv.add_argument("address", help="the mailbox, e.g. alice@example.test")
+    mv.add_argument("--to", required=True, metavar="NODE", help="its new home (a mail node)")
+    mv.add_argument("--keep-old", action="store_true",
+                    help="keep the old pair's copies (normally removed once nothing is missing)")
+    mv.add_argument("--json", action="store_true")
+    inv(mv)
+
     expl = sub.add_parser("explain", help="cause and remedy for an SMTP/IMAP/POP3 reply")
     expl.add_argument("reply", help='the reply text, e.g. "550 5.1.1 User unknown"')
     expl.add_argument("--json", action="store_true")
@@ -180,6 +189,17 @@ def main(argv: list[str]) -> int:
                 print(report.table())
                 print(f"\nverify: {report.summary()} in {time.monotonic() - t0:.1f} s")
             return 0 if report.ok else 1
+        elif args.command == "move-mailbox":
+            from mailops.workflows.move import move_mailbox
+
+            t0 = time.monotonic()
+            moved = move_mailbox(inventory, args.address, args.to, keep_old=args.keep_old)
+            if args.json:
+                print(json.dumps(moved.to_dict(), indent=2))
+            else:
+                print(moved.text())
+                print(f"\nmove-mailbox: done in {time.monotonic() - t0:.1f} s")
+            return 0 if moved.ok else 1
         elif args.command == "plan":
             from mailops.workflows.plan import plan
 

@@ -129,11 +129,14 @@ def _follow(proc: subprocess.Popen, result: ConvergeResult, log: list[str]) -> N
             result.recap[m[1]] = dict(zip(keys, map(int, m.groups()[1:]), strict=True))
 
 
-def converge(inventory: Inventory, check: bool = False, diff: bool = False) -> ConvergeResult:
+def converge(inventory: Inventory, check: bool = False, diff: bool = False,
+             limit: str | None = None) -> ConvergeResult:
+    """limit: an Ansible host pattern (`mail`: the mail nodes only)."""
     model = load_mail_model(inventory)
     changes: list[str] = []
     if not check:
         inventory, changes = ensure_secrets(inventory, model)
-    result = run_playbook(inventory, check=check, diff=diff)
+    result = run_playbook(inventory, check=check, diff=diff,
+                          extra=["--limit", limit] if limit else None)
     result.secrets_changes = changes
     return result

@@ -262,6 +262,12 @@ class Lab:
                     state.hosts[host.name] = proc
                     state.save()
 
+            # A host taken out of the inventory (a pair removed) leaves the lab.
+            for name in sorted(set(state.hosts) - {h.name for h in hosts}):
+                if procs.stop(state.hosts.pop(name)):
+                    self._changed(name, "stopped (not in the inventory)")
+                self._remove_host(name)
+                state.save()
             with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
                 list(pool.map(ensure, hosts))
             self._write_ssh_files()

@@ -46,6 +46,8 @@ def site_vars(inventory: Inventory, model: MailModel) -> dict[str, Any]:
     for first, second in replication_pairs(inventory):
         peers[first] = {"address": addr[second], "first": True}
         peers[second] = {"address": addr[first], "first": False}
+    every_home = homes.homes(inventory, model)
+    mail_nodes = [h.name for h in inventory.group("mail")]
     sts = mtasts.enabled(model, inventory)
     resolvers = inventory.site_vars().get("mailops_dns_servers")
     if not resolvers:
@@ -65,9 +67,16 @@ def site_vars(inventory: Inventory, model: MailModel) -> dict[str, Any]:
         "balancers": [addr[h.name] for h in inventory.group("lb")],
         "resolvers": list(resolvers),  # resolv.conf and rspamd alike
         "mailboxes": [m.address.lower() for m in model.mailboxes],
-        # Where each mailbox is delivered: its home node, then the fallback.
+        # Where each mailbox is delivered and its sessions served: its home
+        # node, then the fallback.
         "homes": [{"address": h.address, "node": h.node, "nodes": [addr[n] for n in h.nodes]}
-                  for h in homes.homes(inventory, model).values()],
+                  for h in every_home.values()],
+        "backend_ports": dict(homes.BACKEND_PORTS),
+        # Each mail node's peers: they proxy logins to it and deliver to it.
+        "mail_peers": {n: [addr[m] for m in mail_nodes if m != n] for n in mail_nodes},
+        # The mailboxes each node's pair stores (made there, synced there).
+        "pair_mailboxes": {n: [a for a, h in every_home.items() if n in (h.node, h.fallback)]
+                           for n in mail_nodes},
         "mta_sts": {"enabled": sts, "hosts": mtasts.hosts(model) if sts else [],
                     "policy": mtasts.policy(model)},
     }

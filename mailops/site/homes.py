@@ -21,6 +21,12 @@ from mailops.inventory.model import Inventory
 from mailops.site.derived import replication_pairs
 from mailops.site.mailmodel import MailModel
 
+# Where a node takes what its peers hand it for the mailboxes homed there:
+# logins proxied by Dovecot (plain IMAP and POP3, no PROXY header), LMTP
+# deliveries and dsync (replication, moves). Private network only: none of
+# them asks for TLS.
+BACKEND_PORTS = {"imap": 10143, "pop3": 10110, "lmtp": 24, "doveadm": 12345}
+
 
 @dataclass(frozen=True)
 class Home:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from mailops.core.errors import InventoryErrors
+from mailops.core.errors import InventoryError, InventoryErrors
 from mailops.inventory.fields import Field, Validator, holds, in_group_vars, matches, one_of
 from mailops.inventory.model import Inventory
 from mailops.site.mtasts import MODES as STS_MODES
@@ -191,3 +192,38 @@ def load_mail_model(inventory: Inventory) -> MailModel:
         spam_add_header_score=add, spam_reject_score=reject,
         tls_mode=values["mailops_tls_mode"], mta_sts_mode=values["mailops_mta_sts"],
     )
+
+
+_ITEM_RE = re.compile(r"^(?P<indent>\s*)-\s+address:\s*['\"]?(?P<address>[^'\"\s#]+)")
+
+
+def set_mailbox_home(inventory: Inventory, address: str, node: str) -> Path:
+    """Pin a mailbox's home in the mail model (its entry's `home:`), editing
+    the group_vars file that lists the mailboxes line by line so its comments
+    and layout stay; returns that file."""
+    file = inventory.defined_in("mailops_mailboxes", MAIL_FILE)
+    key = "mailops_mailboxes"
+    lines = file.read_text().splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines)
+                  if (m := _ITEM_RE.match(ln)) and m["address"].lower() == address.lower()),
+                 None)
+    if start is None:
+        raise InventoryError(file, key, f"no entry `- address: {address}` written on one line",
+                             f"list {address} there (block style, `- address: {address}`), "
+                             "then move it")
+    indent = len(_ITEM_RE.match(lines[start])["indent"]) + 2  # the entry's keys
+    end = start + 1
+    while end < len(lines) and (not lines[end].strip() or
+                                len(lines[end]) - len(lines[end].lstrip()) >= indent):
+        end += 1
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1  # blank lines after the entry belong to what follows
+    new = " " * indent + f"home: {node}\n"
+    at = next((i for i in range(start + 1, end)
+               if lines[i].strip().startswith("home:")), None)
+    if at is None:
+        lines.insert(end, new)
+    else:
+        lines[at] = new
+    file.write_text("".join(lines))
+    return file

@@ -15,6 +15,7 @@ import uuid
 
 from mailops.inventory import remote
 from mailops.inventory.model import Host, Inventory
+from mailops.site.homes import BACKEND_PORTS
 from mailops.verify.report import FAIL, OK, WARN, Report, Row
 from mailops.verify.service import PORTS, Service
 
@@ -271,6 +272,72 @@ def check_homes(inventory: Inventory, svc: Service, report: Report,
                 f"{home.node} itself",
                 f"on {node.name}: `postmap -q {user} texthash:/etc/postfix/transport_homes` must "
                 f"name {home.node} first (`deploy.py converge` writes it)"))
+
+
+# Run on a mail node: log in on the node's own backend listener (plain IMAP,
+# secure because the client is the node itself), as a client handed to that
+# node would, and ask after login which node serves the session (ID, answered
+# by the backend at the end of any proxy hop). Parameters as JSON on stdin.
+_SESSION_PROBE = r'''
+import imaplib, json, re, sys
+imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED"))
+P = json.loads(sys.stdin.readline())
+try:
+    imap = imaplib.IMAP4(P["host"], P["port"], timeout=15)
+    imap.login(P["user"], P["password"])
+    typ, data = imap._simple_command("ID", "NIL")
+    ids = imap._untagged_response(typ, data, "ID")[1]
+    text = b" ".join(d for d in ids if isinstance(d, bytes)).decode(errors="replace")
+    node = re.search(r'"x-mailops-node" "([^"]*)"', text)
+    imap.logout()
+    print(json.dumps({"node": node[1] if node else "", "id": text[:200]}))
+except Exception as e:
+    print(json.dumps({"error": "%s: %s" % (type(e).__name__, e)}))
+'''
+
+
+def check_session_homes(inventory: Inventory, svc: Service, report: Report) -> None:
+    """An IMAP login for the test account on each node is served by the
+    account's home node (proxied there unless it is that node)."""
+    nodes = inventory.group("mail")
+    if len(nodes) < 2 or not svc.accounts:
+        return
+    user, password = next(iter(svc.accounts.items()))
+    home = svc.homes.get(user.lower())
+    if home is None:
+        return
+    check = "IMAP session on the home node"
+    for node in nodes:
+        target = f"{user} via {node.name}"
+        params = {"host": str(node.address), "port": BACKEND_PORTS["imap"], "user": user,
+                  "password": password}
+        res = remote.run(inventory, node, "python3 -c \"$(cat <<'EOF'\n" + _SESSION_PROBE
+                         + "\nEOF\n)\"", timeout=60, stdin=json.dumps(params) + "\n")
+        try:
+            r = json.loads(res.stdout)
+        except json.JSONDecodeError:
+            report.rows.append(Row(check, target, FAIL, "",
+                                   f"the probe did not run on {node.name}: "
+                                   f"{(res.stderr or res.stdout).strip()[:200]}",
+                                   f"check SSH to {node.name} and that python3 is installed"))
+            continue
+        if "error" in r:
+            report.rows.append(Row(
+                check, target, FAIL, "", f"login on {node.name} failed: {r['error'][:200]}",
+                f"on {node.name}: `journalctl -u dovecot | grep -i proxy`; "
+                f"/etc/dovecot/homes/imap must send {user} to {home.node} (`systemctl status "
+                "mailops-dovecot-homes`; `deploy.py converge` restarts it)"))
+        elif r["node"] == home.node:
+            how = "locally" if node.name == home.node else f"proxied to {home.node}"
+            report.rows.append(Row(check, target, OK, f"served by {home.node} ({how})"))
+        else:
+            served = r["node"] or "a node that does not say (no x-mailops-node in its ID)"
+            report.rows.append(Row(
+                check, target, FAIL if r["node"] else WARN, f"served by {served}",
+                f"the session was served by {served}, not by the home {home.node}",
+                f"on {node.name}: `cat /etc/dovecot/homes/imap`; if {home.node} is up, "
+                "`systemctl restart mailops-dovecot-homes`; `deploy.py converge` rewrites "
+                "its input"))
 
 
 def check_node_health(inventory: Inventory, report: Report) -> None:

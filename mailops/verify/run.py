@@ -31,6 +31,7 @@ def full(inventory: Inventory) -> Report:
     nodes.check_balancer_view(inventory, svc, report)
     nodes.check_replication(inventory, svc, report)
     nodes.check_homes(inventory, svc, report)
+    nodes.check_session_homes(inventory, svc, report)
     nodes.check_node_health(inventory, report)
     step("verify", "-", "DNS")
     dnscheck.check_dns(inventory, report)

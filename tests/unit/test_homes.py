@@ -115,3 +115,70 @@ def test_plan_reads_home_moves_from_the_home_table_diff(tmp_path):
                         "before": before, "after": after}]}]
     assert home_moves(tasks, inv) == [("alice@example.test", "mail1", "mail2")]
     assert home_moves(tasks[:0], inv) == []
+
+
+def test_each_node_trusts_its_peers_and_stores_only_its_pairs_mailboxes(tmp_path):
+    inv = load_inventory(_inventory(tmp_path, 4, [
+        {"address": f"user{i}@example.test", "quota": "1G"} for i in range(40)]))
+    model = load_mail_model(inv)
+    site = ansible_vars.site_vars(inv, model)
+    addr = {h.name: str(h.address) for h in inv.hosts}
+    assert site["mail_peers"]["mail1"] == [addr["mail2"], addr["mail3"], addr["mail4"]]
+    got = homes(inv, model)
+    for node in ("mail1", "mail2", "mail3", "mail4"):
+        pair = next(p for p in TWO_PAIRS if node in p)
+        want = [a for a, h in got.items() if h.node in pair]
+        assert site["pair_mailboxes"][node] == want and want
+    # Both pairs together store every mailbox once.
+    assert sorted(site["pair_mailboxes"]["mail1"] + site["pair_mailboxes"]["mail3"]) == \
+        sorted(got)
+
+
+def test_pinning_a_home_edits_only_that_entry_and_keeps_the_comments(tmp_path):
+    from mailops.site.mailmodel import set_mailbox_home
+
+    inv_path = _inventory(tmp_path, 4)
+    mail = inv_path / "group_vars" / "all" / "mail.yml"
+    text = mail.read_text()
+    (inv_path / "group_vars" / "all" / "mail.yml").write_text(
+        "# the lab's mailboxes\n" + text)
+    file = set_mailbox_home(load_inventory(inv_path), "Bob@example.test", "mail3")
+    assert file == mail
+    edited = mail.read_text()
+    assert edited.startswith("# the lab's mailboxes\n")
+    model = load_mail_model(load_inventory(inv_path))
+    assert model.mailbox("bob@example.test").home == "mail3"
+    assert all(b.home is None for b in model.mailboxes if b.address != "bob@example.test")
+    # Again, to another node: the line is replaced, not added.
+    set_mailbox_home(load_inventory(inv_path), "bob@example.test", "mail4")
+    assert mail.read_text().count("home:") == 1
+    assert load_mail_model(load_inventory(inv_path)).mailbox("bob@example.test").home == "mail4"
+
+
+def test_pinning_an_unknown_mailbox_names_the_file_and_the_fix(tmp_path):
+    from mailops.core.errors import InventoryError
+    from mailops.site.mailmodel import set_mailbox_home
+
+    inv = load_inventory(_inventory(tmp_path, 2))
+    with pytest.raises(InventoryError) as info:
+        set_mailbox_home(inv, "nobody@example.test", "mail2")
+    assert info.value.key == "mailops_mailboxes"
+    assert info.value.file.endswith("group_vars/all/mail.yml")
+    assert "nobody@example.test" in info.value.fix
+
+
+def test_move_mailbox_refuses_bad_input_before_touching_any_host(tmp_path):
+    from mailops.core.errors import InventoryError, MailopsError
+    from mailops.workflows.move import move_mailbox
+
+    inv = load_inventory(_inventory(tmp_path, 2))
+    with pytest.raises(MailopsError) as info:
+        move_mailbox(inv, "alice@example.test", "ns1")  # no SSH is tried: no lab is up
+    assert "--to ns1: not a mail node" in str(info.value) and "mail1, mail2" in str(info.value)
+    with pytest.raises(InventoryError) as info:
+        move_mailbox(inv, "nobody@example.test", "mail2")
+    assert info.value.file.endswith("group_vars/all/mail.yml")
+    assert "nobody@example.test is not a mailbox" in info.value.problem
+    home = homes(inv, load_mail_model(inv))["alice@example.test"].node
+    result = move_mailbox(inv, "Alice@example.test", home)
+    assert not result.moved and result.steps == [] and "nothing to do" in result.text()
