@@ -114,3 +114,56 @@ def test_mail_spread_over_both_nodes_is_stored_once_on_each_replica(node):
         assert set(ids) == sent[rcpt], f"{host} {rcpt}: missing {len(sent[rcpt] - set(ids))}"
         assert len(ids) == len(set(ids)), "\n".join(table)
         assert len({g for _, g in copies}) == len(copies), "\n".join(table)
+
+
+def _session_node(imap) -> str:
+    """Which node serves an IMAP session: x-mailops-node in the ID reply,
+    sent after login by the node at the end of any proxy hop."""
+    import imaplib
+    import re
+
+    imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED"))
+    typ, data = imap._simple_command("ID", "NIL")
+    ids = imap._untagged_response(typ, data, "ID")[1]
+    found = re.search(r'"x-mailops-node" "([^"]*)"',
+                      b" ".join(d for d in ids if isinstance(d, bytes)).decode())
+    return found[1] if found else ""
+
+
+def test_sessions_on_any_node_are_served_by_the_home_with_the_clients_address(node):
+    """IMAP and POP3 through the balancer (round robin over both nodes): the
+    home node serves every session, the other node proxies the ones it
+    takes, and the home node logs the client's address, not its peer's."""
+    from mailops.inventory import remote
+    from mailops.site.homes import BACKEND_PORTS
+    from mailops.verify.service import service_for
+
+    user, password = node.account(RECIPIENTS[0])
+    inv = node.inventory
+    home = service_for(inv).homes[user].node
+    home_host = inv.host(home)
+    other = next(h for h in inv.group("mail") if h.name != home)
+    since = remote.run(inv, home_host, "date '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+    served = []
+    for _ in range(6):  # the balancer alternates: both nodes take some
+        imap = node.endpoint.imap(user, password)
+        served.append(_session_node(imap))
+        imap.logout()
+        pop = node.endpoint.pop3(user, password)
+        assert pop.stat()[0] >= 0
+        pop.quit()
+    assert served == [home] * 6
+
+    def log(host, what: str) -> list[str]:
+        res = remote.run(inv, host, f"journalctl -u dovecot --since '{since}' --no-pager "
+                                    f"| grep -F '{what}'")
+        return res.stdout.splitlines()
+
+    for proto, port in (("imap", BACKEND_PORTS["imap"]), ("pop3", BACKEND_PORTS["pop3"])):
+        proxied = log(other, f"{proto}-login: proxy({user},{home_host.address}:{port}): "
+                             "Started proxying")
+        assert proxied, f"{other.name} proxied no {proto} session of {user} to {home}"
+        logins = log(home_host, f"{proto}-login: Login: user=<{user}>")
+        assert len(logins) >= 6, logins
+        # Through the proxy too, the home node logs the client (this machine).
+        assert not [ln for ln in logins if f"rip={other.address}," in ln], logins

@@ -42,7 +42,8 @@ def _setup(tmp_path: Path, port: int) -> tuple[Path, Path]:
             {"address": "down@example.test", "nodes": [DOWN, SELF]},
             {"address": "local@example.test", "nodes": [SELF, UP]},
         ],
-        "interval": 0.2, "timeout": 0.5, "fall": 2, "rise": 3, "proxy_timeout": 5,
+        "interval": 0.2, "fast_interval": 0.1, "timeout": 0.5, "fall": 2, "rise": 3,
+        "proxy_timeout": 3,
     }
     (tmp_path / "homes.json").write_text(json.dumps(config))
     return script, out
@@ -58,10 +59,10 @@ def test_once_points_each_mailbox_at_its_first_live_node(tmp_path, listener):
     subprocess.run([sys.executable, str(script), "--once", str(tmp_path / "homes.json")],
                    check=True, timeout=30, capture_output=True)
     imap = _entries(out / "imap")
-    assert imap == {"up@example.test": f"proxy_maybe=y host={UP} port=10143 proxy_timeout=5"}
+    assert imap == {"up@example.test": f"proxy_maybe=y host={UP} port=10143 proxy_timeout=3"}
     # down@ falls back to this node and local@ is served here: no entry.
     assert _entries(out / "pop3")["up@example.test"].endswith(f"host={UP} port=10110 "
-                                                              "proxy_timeout=5")
+                                                              "proxy_timeout=3")
     assert _entries(out / "smtp") == {}  # Postfix's SASL: never proxied
 
 
@@ -90,7 +91,7 @@ def test_a_node_going_down_and_back_moves_its_mailboxes_after_fall_and_rise(tmp_
             time.sleep(0.05)
         back.close()
         assert "up@example.test" in _entries(out / "imap")
-        assert time.monotonic() - t0 >= 2 * 0.2  # not at the first good probe: `rise`
+        assert time.monotonic() - t0 >= 2 * 0.1  # not at the first good probe: `rise`
     finally:
         proc.terminate()
         log = proc.communicate(timeout=10)[0]
