@@ -190,7 +190,7 @@ def main(argv: list[str]) -> int:
                 print(f"\nverify: {report.summary()} in {time.monotonic() - t0:.1f} s")
             return 0 if report.ok else 1
         elif args.command == "move-mailbox":
-            from mailops.workflows.move import move_mailbox
+            from mailops.ops.move import move_mailbox
 
             t0 = time.monotonic()
             moved = move_mailbox(inventory, args.address, args.to, keep_old=args.keep_old)

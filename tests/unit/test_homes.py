@@ -169,7 +169,7 @@ def test_pinning_an_unknown_mailbox_names_the_file_and_the_fix(tmp_path):
 
 def test_move_mailbox_refuses_bad_input_before_touching_any_host(tmp_path):
     from mailops.core.errors import InventoryError, MailopsError
-    from mailops.workflows.move import move_mailbox
+    from mailops.ops.move import move_mailbox
 
     inv = load_inventory(_inventory(tmp_path, 2))
     with pytest.raises(MailopsError) as info:

@@ -15,7 +15,8 @@ ORDER = ["core", "inventory", "site", "secrets", "converge", "dns", "verify"]
 ALLOWED = {stage: set(ORDER[: i + 1]) for i, stage in enumerate(ORDER)}
 ALLOWED["lab"] = {"core", "inventory", "lab"}
 ALLOWED["workflows"] = {*ORDER, "lab", "workflows"}
-ALLOWED["cli"] = {*ALLOWED["workflows"], "cli"}
+ALLOWED["ops"] = {*ORDER, "ops"}
+ALLOWED["cli"] = {*ALLOWED["workflows"], "ops", "cli"}
 SKIP: set[str] = set()  # every module of the package is checked
 
 
