@@ -71,6 +71,27 @@ def _parser() -> argparse.ArgumentParser:
     mv.add_argument("--json", action="store_true")
     inv(mv)
 
+    bk = sub.add_parser("backup", help="back up every mailbox and the inventory (encrypted, "
+                                       "incremental); `backup verify` restores one into a "
+                                       "scratch folder and checks it")
+    bk.add_argument("action", nargs="?", choices=["verify"],
+                    help="verify: check a backup instead of making one")
+    bk.add_argument("--to", dest="url", metavar="URL",
+                    help="a folder or s3://BUCKET/PREFIX (default: mailops_backup.url)")
+    bk.add_argument("--from", dest="source", metavar="URL", help="(verify) the backup to check")
+    bk.add_argument("--at", metavar="DATE", help="(verify) the newest backup made by then")
+    bk.add_argument("--json", action="store_true")
+    inv(bk)
+
+    rs = sub.add_parser("restore", help="bring mail back from a backup, merging: nothing newer "
+                                        "is replaced")
+    rs.add_argument("--from", dest="url", metavar="URL",
+                    help="a folder or s3://BUCKET/PREFIX (default: mailops_backup.url)")
+    rs.add_argument("--mailbox", metavar="ADDRESS", help="only this mailbox")
+    rs.add_argument("--at", metavar="DATE", help="the newest backup made by then")
+    rs.add_argument("--json", action="store_true")
+    inv(rs)
+
     expl = sub.add_parser("explain", help="cause and remedy for an SMTP/IMAP/POP3 reply")
     expl.add_argument("reply", help='the reply text, e.g. "550 5.1.1 User unknown"')
     expl.add_argument("--json", action="store_true")
@@ -200,6 +221,23 @@ def main(argv: list[str]) -> int:
                 print(moved.text())
                 print(f"\nmove-mailbox: done in {time.monotonic() - t0:.1f} s")
             return 0 if moved.ok else 1
+        elif args.command in ("backup", "restore"):
+            from mailops.ops import backup as ops_backup
+
+            t0 = time.monotonic()
+            if args.command == "restore":
+                res = ops_backup.restore(inventory, args.url, args.mailbox, args.at)
+            elif args.action == "verify":
+                res = ops_backup.verify_backup(inventory, args.source or args.url, args.at)
+            else:
+                res = ops_backup.backup(inventory, args.url)
+            if args.json:
+                print(json.dumps(res.to_dict(), indent=2))
+            else:
+                print(res.table())
+                what = " ".join(filter(None, [args.command, getattr(args, "action", None)]))
+                print(f"\n{what}: done in {time.monotonic() - t0:.1f} s")
+            return 0 if getattr(res, "ok", True) else 1
         elif args.command == "plan":
             from mailops.workflows.plan import plan
 

@@ -1,12 +1,12 @@
 """Client-side encryption and content addressing of backup objects.
 
 A backup key (32 random bytes, kept outside the backup: see key_file) gives
-two subkeys by HKDF: one names objects (HMAC-SHA256 of the plaintext, so an
-unchanged message has the same name in every backup and is stored once,
-while the name does not reveal a hash of the content), one encrypts them
-(AES-256-GCM, a fresh nonce per object, the object's name as associated
-data: an object moved to another name, truncated or altered does not
-open).
+two subkeys by HKDF: one names objects (HMAC-SHA256 of the plaintext's
+SHA-256, so an unchanged message has the same name in every backup and is
+stored once, while the name does not reveal a hash of the content), one
+encrypts them (AES-256-GCM, a fresh nonce per object, the object's name as
+associated data: an object moved to another name, truncated or altered
+does not open).
 """
 
 from __future__ import annotations
@@ -80,7 +80,13 @@ class Sealer:
 
     def name(self, data: bytes) -> str:
         """The content address of a plaintext."""
-        return hmac.new(_derive(self.key, b"mailops name"), data, hashlib.sha256).hexdigest()
+        return self.name_of_digest(hashlib.sha256(data).hexdigest())
+
+    def name_of_digest(self, sha256_hex: str) -> str:
+        """The same, from the plaintext's SHA-256 (what a node reports about
+        a message without sending it: only new messages are sent)."""
+        return hmac.new(_derive(self.key, b"mailops name"), sha256_hex.encode(),
+                        hashlib.sha256).hexdigest()
 
     def seal(self, name: str, data: bytes) -> bytes:
         nonce = os.urandom(12)
