@@ -206,8 +206,13 @@ def read_manifest(store: Store, sealer: Sealer, name: str) -> dict[str, Any]:
 
 def _stage_mailbox(inventory: Inventory, host: Host, address: str) -> dict[str, Any]:
     stage = f"{STAGE}/backup/{address}"
+    # The stage is kept between runs (the next backup only adds what is
+    # new); one that no longer matches the mailbox (made anew since, so
+    # its INBOX has another GUID, which dsync cannot replace) is made again.
     _run(inventory, host, f"install -d -o {VMAIL} -g {VMAIL} -m 0700 {STAGE} {STAGE}/backup && "
-         f"doveadm backup -u {address} 'maildir:{stage}:LAYOUT=fs'", "doveadm backup")
+         f"{{ doveadm backup -u {address} 'maildir:{stage}:LAYOUT=fs' 2>/dev/null || "
+         f"{{ rm -rf '{stage}' && doveadm backup -u {address} 'maildir:{stage}:LAYOUT=fs'; }}; }}",
+         "doveadm backup")
     return json.loads(_run(inventory, host, _tool(f"index '{stage}'"), "reading the staged copy"))
 
 
@@ -230,7 +235,7 @@ def manifest_folders(index: dict[str, Any], sealer: Sealer) -> dict[str, Any]:
     for path, folder in index["folders"].items():
         msgs = [{"obj": sealer.name_of_digest(m["sha256"]), "sha256": m["sha256"],
                  "path": m["path"], "flags": m["flags"], "size": m["size"],
-                 "msgid": m["msgid"]} for m in folder["messages"]]
+                 "mtime": m["mtime"], "msgid": m["msgid"]} for m in folder["messages"]]
         folders[path] = {"name": imap_name(path), "keywords": folder["keywords"],
                          "count": len(msgs), "size": sum(m["size"] for m in msgs),
                          "msgid_digest": msgid_digest([m["msgid"] for m in msgs]),
@@ -426,8 +431,12 @@ def _restore_mailbox(inventory: Inventory, store: Store, sealer: Sealer, host: H
     buf = io.BytesIO()
     plan: dict[str, int] = {}
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        def add(name: str, data: bytes | None) -> None:
+        def add(name: str, data: bytes | None, mtime: float | None = None) -> None:
+            # A message keeps its received date (its file's mtime); the rest
+            # is new (Dovecot rereads dovecot-keywords only when its mtime
+            # moved on: from 0 it would never read it).
             info = tarfile.TarInfo(name)
+            info.mtime = int(time.time() if mtime is None else mtime)
             if data is None:
                 info.type, info.mode = tarfile.DIRTYPE, 0o700
                 tar.addfile(info)
@@ -453,7 +462,7 @@ def _restore_mailbox(inventory: Inventory, store: Store, sealer: Sealer, host: H
                     raise MailopsError(f"object {m['obj']}: its content is not the message "
                                        "the manifest names; nothing of this mailbox was "
                                        "restored")
-                add(m["path"], data)
+                add(m["path"], data, m.get("mtime"))
     stage = f"{STAGE}/restore/{address}"
     for folder in box["folders"].values():
         if folder["name"] not in live:

@@ -4,7 +4,8 @@ INBOX the top one), made by `doveadm backup` (consistent, unlike a tar of
 the live store) or to be imported by `doveadm import`.
 
   index DIR            JSON: per folder its keywords file and every
-                       message (path, SHA-256, size, flags, Message-ID)
+                       message (path, SHA-256, size, mtime, flags,
+                       Message-ID)
   pack DIR < paths     a tar of the listed paths (a JSON list) on stdout
   unpack DIR UID GID   a tar from stdin extracted into DIR, owned UID:GID
 
@@ -49,9 +50,11 @@ def index(root):
                 with open(path, "rb") as f:
                     digest = hashlib.sha256(f.read()).hexdigest()
                 flags = name.split(":2,", 1)[1] if ":2," in name else ""
+                # A maildir message's mtime is its received date (INTERNALDATE).
+                st = os.stat(path)
                 folder["messages"].append({
                     "path": os.path.relpath(path, root), "sha256": digest,
-                    "size": os.path.getsize(path), "flags": flags,
+                    "size": st.st_size, "mtime": int(st.st_mtime), "flags": flags,
                     "msgid": _message_id(path)})
         folders["" if rel == "." else rel] = folder
         dirs[:] = [d for d in dirs if d not in ("cur", "new", "tmp")]
