@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="a folder or s3://BUCKET/PREFIX (default: mailops_backup.url)")
     rs.add_argument("--mailbox", metavar="ADDRESS", help="only this mailbox")
     rs.add_argument("--at", metavar="DATE", help="the newest backup made by then")
+    rs.add_argument("--inventory-to", metavar="DIR", type=Path,
+                    help="only write the backed-up inventory into DIR (a fresh controller's "
+                         "first step; the key from MAILOPS_BACKUP_KEY_FILE)")
     rs.add_argument("--json", action="store_true")
     inv(rs)
 
@@ -170,6 +173,24 @@ def main(argv: list[str]) -> int:
         e = explain(args.reply)
         print(json.dumps(e.to_dict(), indent=2) if args.json else e.text())
         return 0 if e.known else 3
+    if args.command == "restore" and args.inventory_to is not None:
+        from mailops.ops.backup import restore_inventory
+        from mailops.ops.sealed import KEY_ENV
+
+        if not args.url or not os.environ.get(KEY_ENV):
+            print(f"error: restore --inventory-to needs --from URL and {KEY_ENV} (the backup "
+                  "key: there is no inventory yet to find it by)", file=sys.stderr)
+            return 2
+        try:
+            written = restore_inventory(args.url, Path(os.environ[KEY_ENV]), args.inventory_to,
+                                        args.at)
+        except MailopsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print("\n".join(f"wrote {args.inventory_to / w}" for w in written))
+        print(f"\nnext: the vault password, then `deploy.py up -i {args.inventory_to}` and "
+              f"`deploy.py restore -i {args.inventory_to} --from {args.url}`")
+        return 0
     try:
         from mailops.inventory.model import load_inventory
 

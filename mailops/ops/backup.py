@@ -519,6 +519,28 @@ def restore(inventory: Inventory, url: str | None = None, mailbox: str | None = 
     return result
 
 
+def restore_inventory(url: str, key: Path, dest: Path, at: str | None = None) -> list[str]:
+    """A fresh controller's first step: the backed-up inventory (hosts.yml,
+    group_vars with the vault still encrypted) written into dest, which
+    must not hold one yet. The key is given (there is no inventory to find
+    it by); S3's region and endpoint come from boto3's own settings."""
+    if (dest / "hosts.yml").exists():
+        raise MailopsError(f"{dest}/hosts.yml exists: give an empty folder (nothing is "
+                           "overwritten)")
+    store = open_store(url)
+    sealer = Sealer(load_or_make_key(key, create=False))
+    manifest = read_manifest(store, sealer, choose_snapshot(store, at))
+    written = []
+    for rel, obj in sorted(manifest["files"].items()):
+        target = (dest / rel).resolve()
+        if dest.resolve() not in target.parents:
+            raise MailopsError(f"{rel}: not a path inside {dest}; nothing more was written")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(sealer.open(obj, store.get(_object(obj))))
+        written.append(rel)
+    return written
+
+
 # ---------------------------------------------------------------- verify
 
 

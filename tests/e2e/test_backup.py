@@ -193,3 +193,46 @@ def test_backup_to_s3_and_restore_from_it(node, lab_inventory, seeded, tmp_path)
         assert seeded["INBOX"].keys() <= now["INBOX"].keys()
     finally:
         loopback.stop(proc)
+
+
+def _dkim_record(node) -> str:
+    import dns.resolver
+
+    ns = node.inventory.group("dns")[0]
+    res = dns.resolver.Resolver(configure=False)
+    res.nameservers = [str(ns.address)]
+    answer = res.resolve(f"{node.model.dkim_selector}._domainkey.example.net", "TXT",
+                         lifetime=10)
+    return b"".join(b"".join(r.strings) for r in answer).decode()
+
+
+def test_whole_cluster_loss_then_up_and_restore_brings_everything_back(node, lab_inventory,
+                                                                        seeded, tmp_path):
+    """Every host destroyed (the inventory and its vault kept, as a backup
+    would hold them): `up` makes the cluster anew with the same secrets and
+    `restore` brings every mailbox back."""
+    inv = str(lab_inventory)
+    user, password = node.account(USER)
+    imap = node.endpoint.imap(user, password)
+    before = _contents(imap)
+    imap.logout()
+    dkim = _dkim_record(node)
+    target = tmp_path / "dr"
+    deploy("backup", "-i", inv, "--to", str(target))
+
+    deploy("lab", "down", "-i", inv)  # every host gone, its mail with it
+    deploy("up", "-i", inv, timeout=1800)
+    imap = node.endpoint.imap(user, password)  # the old password still works
+    assert imap.select("INBOX", readonly=True)[1] == [b"0"]  # a new, empty cluster
+    imap.logout()
+
+    res = deploy("restore", "-i", inv, "--from", str(target), "--json")
+    report = json.loads(res.stdout)
+    assert report["ok"], res.stdout
+    assert {r["address"] for r in report["folders"]} >= {USER, "alice@example.test"}
+    imap = node.endpoint.imap(user, password)
+    assert _contents(imap) == before  # every message, folder, flag and date
+    imap.logout()
+    assert _dkim_record(node) == dkim  # same selector, same key
+    plan = json.loads(deploy("dns", "plan", "--json", "-i", inv).stdout)
+    assert all(z["summary"] == {"create": 0, "update": 0, "delete": 0} for z in plan["zones"])

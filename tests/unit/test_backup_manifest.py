@@ -137,3 +137,14 @@ def test_backup_settings_errors_name_the_file_and_key(tmp_path):
         backup.settings(load_inventory(inv_path))
     assert info.value.key == "mailops_backup.keep_dayly"
     assert info.value.file.endswith("group_vars/all/backup.yml")
+
+
+def test_a_fresh_controller_gets_the_inventory_back_and_nothing_is_overwritten(made,
+                                                                              tmp_path):
+    inv, store, _ = made
+    dest = tmp_path / "new-controller" / "lab"
+    written = backup.restore_inventory(store.url, tmp_path / "key", dest)
+    assert written == ["hosts.yml"]
+    assert (dest / "hosts.yml").read_bytes() == (inv.path / "hosts.yml").read_bytes()
+    with pytest.raises(MailopsError, match="nothing is overwritten"):
+        backup.restore_inventory(store.url, tmp_path / "key", dest)
