@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="a folder or s3://BUCKET/PREFIX (default: mailops_backup.url)")
     rs.add_argument("--mailbox", metavar="ADDRESS", help="only this mailbox")
     rs.add_argument("--at", metavar="DATE", help="the newest backup made by then")
+    rs.add_argument("--queue", metavar="NODE",
+                    help="only put NODE's saved Postfix queue back on it (after that queue "
+                         "was lost: what is still queued would go out twice)")
     rs.add_argument("--inventory-to", metavar="DIR", type=Path,
                     help="only write the backed-up inventory into DIR (a fresh controller's "
                          "first step; the key from MAILOPS_BACKUP_KEY_FILE)")
@@ -246,6 +249,10 @@ def main(argv: list[str]) -> int:
             from mailops.ops import backup as ops_backup
 
             t0 = time.monotonic()
+            if args.command == "restore" and args.queue:
+                count = ops_backup.restore_queue(inventory, args.queue, args.url, args.at)
+                print(f"{args.queue}: {count} message(s) re-queued")
+                return 0
             if args.command == "restore":
                 res = ops_backup.restore(inventory, args.url, args.mailbox, args.at)
             elif args.action == "verify":

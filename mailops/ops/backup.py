@@ -44,6 +44,8 @@ from mailops.site.mailmodel import load_mail_model
 
 TOOL = (Path(__file__).parent / "remote" / "maildir_tool.py").read_text()
 STAGE = "/var/vmail/.mailops-stage"  # beside the store: same disk, vmail's
+SPOOL = "/var/spool/postfix"
+QUEUES = ("incoming", "active", "deferred", "hold")
 VMAIL = "vmail"
 SNAP_FORMAT = "%Y-%m-%dT%H%M%SZ"
 BACKUP_FILE = "backup.yml"  # group_vars/all/<this>: mailops_backup
@@ -163,6 +165,7 @@ class BackupResult:
     files: int = 0
     deleted_snapshots: list[str] = field(default_factory=list)
     deleted_objects: int = 0
+    queues: dict[str, str] = field(default_factory=dict)  # node -> what was saved
 
     def table(self) -> str:
         head = f"{'mailbox':<28} {'node':<8} {'folders':>7} {'messages':>8} {'new':>6} " \
@@ -174,6 +177,7 @@ class BackupResult:
         lines += ["", f"snapshot {self.snapshot} in {self.url}: "
                   f"{sum(r.messages for r in self.rows)} messages, "
                   f"{sum(r.new for r in self.rows)} new objects, {self.files} inventory files",
+                  "Postfix queues: " + ", ".join(f"{n} {q}" for n, q in self.queues.items()),
                   f"retention: {len(self.deleted_snapshots)} snapshot(s) and "
                   f"{self.deleted_objects} object(s) deleted",
                   f"key: {self.key} (not in the backup: keep a copy offline)"]
@@ -183,7 +187,7 @@ class BackupResult:
         return {"url": self.url, "snapshot": self.snapshot, "key": str(self.key),
                 "mailboxes": [r.__dict__ for r in self.rows], "files": self.files,
                 "deleted_snapshots": self.deleted_snapshots,
-                "deleted_objects": self.deleted_objects}
+                "deleted_objects": self.deleted_objects, "queues": self.queues}
 
 
 def _snapshots(store: Store) -> dict[datetime, str]:
@@ -307,6 +311,26 @@ def backup(inventory: Inventory, url: str | None = None) -> BackupResult:
         result.rows.append(MailboxRow(address, source.name, len(folders),
                                       sum(f["count"] for f in folders.values()), new, sent,
                                       time.monotonic() - t0))
+    # Each node's Postfix queue: complete queue files only (Postfix sets the
+    # owner's execute bit when a file is whole), for `restore --queue NODE`.
+    manifest["queues"] = {}
+    for host in nodes.values():
+        step("backup", host.name, "the Postfix queue")
+        try:
+            tar = _binary(inventory, host, f"cd {SPOOL} && find {' '.join(QUEUES)} -type f "
+                          "-perm -u+x -print0 | tar --null -T - -cf -")
+        except MailopsError as e:
+            result.queues[host.name] = f"not saved: {e}"
+            continue
+        saved = []
+        with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+            for member in t:
+                if member.isfile():
+                    data = t.extractfile(member).read()
+                    saved.append({"path": member.name, "obj": put(data)[0],
+                                  "size": len(data)})
+        manifest["queues"][host.name] = saved
+        result.queues[host.name] = f"{len(saved)} message(s)"
     for rel, data in _file_objects(inventory).items():
         manifest["files"][rel] = put(data)[0]
     result.files = len(manifest["files"])
@@ -325,6 +349,7 @@ def backup(inventory: Inventory, url: str | None = None) -> BackupResult:
         for d in kept:
             m = read_manifest(store, sealer, snaps[d])
             named |= set(m["files"].values())
+            named |= {q["obj"] for saved in m.get("queues", {}).values() for q in saved}
             named |= {msg["obj"] for box in m["mailboxes"].values()
                       for f in box["folders"].values() for msg in f["messages"]}
         orphans = [_object(n) for n in have - named]
@@ -517,6 +542,40 @@ def restore(inventory: Inventory, url: str | None = None, mailbox: str | None = 
         step("restore", host.name, address)
         _restore_mailbox(inventory, store, sealer, host, address, box, result)
     return result
+
+
+def restore_queue(inventory: Inventory, node: str, url: str | None = None,
+                  at: str | None = None) -> int:
+    """Put a node's saved Postfix queue back on it (a node rebuilt after it
+    was lost): the files go on hold, Postfix renames them to match their
+    new inodes (postsuper -s), releases them and tries them at once. Only
+    for a queue that was lost: messages still queued would go out twice."""
+    nodes = {h.name: h for h in inventory.group("mail")}
+    if node not in nodes:
+        raise MailopsError(f"--queue {node}: not a mail node; use one of {', '.join(nodes)}")
+    cfg = settings(inventory, url)
+    store = open_store(cfg.url, cfg.region, cfg.endpoint_url)
+    kfile = key_file(inventory.path, inventory.lab.name if inventory.lab else None)
+    sealer = Sealer(load_or_make_key(kfile, create=False))
+    name = choose_snapshot(store, at)
+    saved = read_manifest(store, sealer, name).get("queues", {}).get(node)
+    if saved is None:
+        raise MailopsError(f"{name} holds no Postfix queue of {node}")
+    if not saved:
+        return 0
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for q in saved:
+            data = sealer.open(q["obj"], store.get(_object(q["obj"])))
+            info = tarfile.TarInfo(q["path"].rsplit("/", 1)[1])
+            info.size, info.mode, info.mtime = len(data), 0o700, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    host = nodes[node]
+    step("restore", node, f"re-queueing {len(saved)} message(s)")
+    _binary(inventory, host, _tool(f"unpack {SPOOL}/hold $(id -u postfix) 0"), buf.getvalue())
+    _run(inventory, host, "postsuper -s && postsuper -H ALL && postqueue -f",
+         "re-queueing the saved queue")
+    return len(saved)
 
 
 def restore_inventory(url: str, key: Path, dest: Path, at: str | None = None) -> list[str]:

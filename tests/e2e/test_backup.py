@@ -236,3 +236,58 @@ def test_whole_cluster_loss_then_up_and_restore_brings_everything_back(node, lab
     assert _dkim_record(node) == dkim  # same selector, same key
     plan = json.loads(deploy("dns", "plan", "--json", "-i", inv).stdout)
     assert all(z["summary"] == {"create": 0, "update": 0, "delete": 0} for z in plan["zones"])
+
+
+def test_a_lost_postfix_queue_comes_back_from_the_backup(node, lab_inventory, tmp_path):
+    """A message deferred on a node (the other domain's server down) is in
+    the backup; the node's queue is lost; `restore --queue` puts it back
+    and it is delivered, once, when the other server returns."""
+    import time
+
+    from mailops.inventory import remote
+
+    inv = node.inventory
+    ext = inv.group("external")[0]
+    user, password = node.account(USER)
+    rcpt = f"queued-{uuid.uuid4().hex[:8]}@ext.test"
+    subject = f"queued {rcpt}"
+
+    def queued_on() -> str | None:
+        for host in inv.group("mail"):
+            out = remote.run(inv, host, "postqueue -j").stdout
+            if rcpt in out:
+                return host.name
+        return None
+
+    assert remote.run(inv, ext, "systemctl stop postfix").returncode == 0
+    try:
+        with node.endpoint.smtp_tls(587) as smtp:
+            smtp.login(user, password)
+            smtp.send_message(message(user, [rcpt], subject))
+        deadline = time.monotonic() + 60
+        while (where := queued_on()) is None and time.monotonic() < deadline:
+            time.sleep(1)
+        assert where, "the message was not deferred on a node"
+        target = tmp_path / "q"
+        out = deploy("backup", "-i", str(lab_inventory), "--to", str(target), "--json").stdout
+        assert json.loads(out)["queues"][where] != "0 message(s)"
+        host = inv.host(where)
+        assert remote.run(inv, host, "postsuper -d ALL").returncode == 0  # the queue is lost
+        assert queued_on() is None
+        res = deploy("restore", "-i", str(lab_inventory), "--from", str(target), "--queue",
+                     where)
+        assert "re-queued" in res.stdout
+        assert queued_on() == where
+    finally:
+        remote.run(inv, ext, "systemctl start postfix")
+    for host in inv.group("mail"):
+        remote.run(inv, host, "postqueue -f")
+    grep = f"grep -l -F 'Subject: {subject}' /home/catchall/Maildir/new/* 2>/dev/null | wc -l"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if remote.run(inv, ext, grep).stdout.strip() != "0":
+            break
+        time.sleep(2)
+    time.sleep(3)
+    assert remote.run(inv, ext, grep).stdout.strip() == "1"  # delivered, once
+    assert queued_on() is None
