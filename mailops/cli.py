@@ -71,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     mv.add_argument("--json", action="store_true")
     inv(mv)
 
+    rb = sub.add_parser("rebuild", help="rebuild a lost mail node on its empty host: drained, "
+                                        "converged, resynced from its pair, its queue back, "
+                                        "undrained, verified")
+    rb.add_argument("node", help="the mail node, e.g. mail2")
+    rb.add_argument("--no-requeue", action="store_true",
+                    help="do not put its queue from the latest backup back")
+    rb.add_argument("--json", action="store_true")
+    inv(rb)
+
     bk = sub.add_parser("backup", help="back up every mailbox and the inventory (encrypted, "
                                        "incremental); `backup verify` restores one into a "
                                        "scratch folder and checks it")
@@ -245,6 +254,17 @@ def main(argv: list[str]) -> int:
                 print(moved.text())
                 print(f"\nmove-mailbox: done in {time.monotonic() - t0:.1f} s")
             return 0 if moved.ok else 1
+        elif args.command == "rebuild":
+            from mailops.ops.rebuild import rebuild
+
+            t0 = time.monotonic()
+            rebuilt = rebuild(inventory, args.node, requeue=not args.no_requeue)
+            if args.json:
+                print(json.dumps(rebuilt.to_dict(), indent=2))
+            else:
+                print(rebuilt.table())
+                print(f"\nrebuild: done in {time.monotonic() - t0:.1f} s")
+            return 0 if rebuilt.verify_ok else 1
         elif args.command in ("backup", "restore"):
             from mailops.ops import backup as ops_backup
 

@@ -64,7 +64,8 @@ def ansible_env(inventory: Inventory) -> dict[str, str]:
 
 
 def run_playbook(inventory: Inventory, playbook: Path = SITE, check: bool = False,
-                 diff: bool = False, extra: list[str] | None = None) -> ConvergeResult:
+                 diff: bool = False, extra: list[str] | None = None,
+                 drained: frozenset[str] = frozenset()) -> ConvergeResult:
     argv = [venv_bin("ansible-playbook"), "-i", str(inventory.path), str(playbook),
             "--vault-password-file", str(inventory.vault_password_file)]
     if check:
@@ -77,7 +78,7 @@ def run_playbook(inventory: Inventory, playbook: Path = SITE, check: bool = Fals
     # The derived site values (mailops_site), computed in Python once.
     site_dir = tempfile.mkdtemp(prefix="mailops-site-")
     site_file = ansible_vars.write(inventory, load_mail_model(inventory),
-                                   Path(site_dir) / "site.json")
+                                   Path(site_dir) / "site.json", drained)
     argv += ["-e", f"@{site_file}", *(extra or [])]
     # MAILOPS_RECORD_FILE set by the caller keeps the per-task record (for
     # finding where converge time goes); otherwise a temporary file.
@@ -130,13 +131,15 @@ def _follow(proc: subprocess.Popen, result: ConvergeResult, log: list[str]) -> N
 
 
 def converge(inventory: Inventory, check: bool = False, diff: bool = False,
-             limit: str | None = None) -> ConvergeResult:
-    """limit: an Ansible host pattern (`mail`: the mail nodes only)."""
+             limit: str | None = None,
+             drained: frozenset[str] = frozenset()) -> ConvergeResult:
+    """limit: an Ansible host pattern (`mail`: the mail nodes only);
+    drained: mail nodes that get no deliveries or sessions (a rebuild)."""
     model = load_mail_model(inventory)
     changes: list[str] = []
     if not check:
         inventory, changes = ensure_secrets(inventory, model)
     result = run_playbook(inventory, check=check, diff=diff,
-                          extra=["--limit", limit] if limit else None)
+                          extra=["--limit", limit] if limit else None, drained=drained)
     result.secrets_changes = changes
     return result

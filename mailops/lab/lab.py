@@ -474,6 +474,17 @@ class Lab:
                 self._changed(br, "bridge removed")
         return self.changes
 
+    def destroy(self, name: str) -> list[str]:
+        """One host gone, its disk with it (a lost machine); `up` makes it
+        anew from the image."""
+        check_root()
+        self.changes = []
+        with self._locked() as state:
+            if procs.stop(state.hosts.pop(name, None)):
+                self._changed(name, "stopped")
+            self._remove_host(name)
+        return self.changes
+
     def _remove_host(self, name: str) -> None:
         hdir = self.dir / "hosts" / name
         merged = hdir / "merged"

@@ -31,7 +31,11 @@ def proxy_protocol(inventory: Inventory) -> bool:
     return bool(inventory.group("lb")) if value is None else bool(value)
 
 
-def site_vars(inventory: Inventory, model: MailModel) -> dict[str, Any]:
+def site_vars(inventory: Inventory, model: MailModel,
+              drained: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """drained: mail nodes that take no mailbox's deliveries or sessions
+    (a node being rebuilt): left out of every home's list, unless a
+    mailbox has no other node."""
     addr = {h.name: str(h.address) for h in inventory.hosts}
     ext = external_domain(inventory)
     ext_hosts = inventory.group("external")
@@ -69,7 +73,9 @@ def site_vars(inventory: Inventory, model: MailModel) -> dict[str, Any]:
         "mailboxes": [m.address.lower() for m in model.mailboxes],
         # Where each mailbox is delivered and its sessions served: its home
         # node, then the fallback.
-        "homes": [{"address": h.address, "node": h.node, "nodes": [addr[n] for n in h.nodes]}
+        "homes": [{"address": h.address, "node": h.node,
+                   "nodes": [addr[n] for n in h.nodes if n not in drained]
+                   or [addr[n] for n in h.nodes]}
                   for h in every_home.values()],
         "backend_ports": dict(homes.BACKEND_PORTS),
         # Each mail node's peers: they proxy logins to it and deliver to it.
@@ -82,7 +88,9 @@ def site_vars(inventory: Inventory, model: MailModel) -> dict[str, Any]:
     }
 
 
-def write(inventory: Inventory, model: MailModel, path: Path) -> Path:
+def write(inventory: Inventory, model: MailModel, path: Path,
+          drained: frozenset[str] = frozenset()) -> Path:
     """As an extra-vars file for ansible-playbook (-e @path)."""
-    path.write_text(json.dumps({"mailops_site": site_vars(inventory, model)}, indent=1))
+    path.write_text(json.dumps({"mailops_site": site_vars(inventory, model, drained)},
+                               indent=1))
     return path
