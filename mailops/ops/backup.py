@@ -247,11 +247,26 @@ def manifest_folders(index: dict[str, Any], sealer: Sealer) -> dict[str, Any]:
     return folders
 
 
-def backup(inventory: Inventory, url: str | None = None) -> BackupResult:
+def _target(inventory: Inventory, url: str | None, create_key: bool) -> tuple[Store, Sealer]:
+    """The backup target and the sealer of the inventory's backup key."""
     cfg = settings(inventory, url)
     store = open_store(cfg.url, cfg.region, cfg.endpoint_url)
     kfile = key_file(inventory.path, inventory.lab.name if inventory.lab else None)
-    sealer = Sealer(load_or_make_key(kfile, create=True))
+    return store, Sealer(load_or_make_key(kfile, create=create_key))
+
+
+def _snapshot(inventory: Inventory, url: str | None,
+              at: str | None) -> tuple[Store, Sealer, str, dict[str, Any]]:
+    """The target, the sealer, and the chosen snapshot's name and manifest."""
+    store, sealer = _target(inventory, url, create_key=False)
+    name = choose_snapshot(store, at)
+    return store, sealer, name, read_manifest(store, sealer, name)
+
+
+def backup(inventory: Inventory, url: str | None = None) -> BackupResult:
+    cfg = settings(inventory, url)
+    store, sealer = _target(inventory, url, create_key=True)
+    kfile = key_file(inventory.path, inventory.lab.name if inventory.lab else None)
     stamp = datetime.now(UTC).strftime(SNAP_FORMAT)
     result = BackupResult(store.url, f"snapshots/{stamp}.json", kfile)
     step("backup", "-", f"listing what {store.url} holds")
@@ -511,12 +526,7 @@ def _restore_mailbox(inventory: Inventory, store: Store, sealer: Sealer, host: H
 
 def restore(inventory: Inventory, url: str | None = None, mailbox: str | None = None,
             at: str | None = None) -> RestoreResult:
-    cfg = settings(inventory, url)
-    store = open_store(cfg.url, cfg.region, cfg.endpoint_url)
-    kfile = key_file(inventory.path, inventory.lab.name if inventory.lab else None)
-    sealer = Sealer(load_or_make_key(kfile, create=False))
-    name = choose_snapshot(store, at)
-    manifest = read_manifest(store, sealer, name)
+    store, sealer, name, manifest = _snapshot(inventory, url, at)
     result = RestoreResult(store.url, name)
     boxes = manifest["mailboxes"]
     if mailbox is not None:
@@ -553,12 +563,8 @@ def restore_queue(inventory: Inventory, node: str, url: str | None = None,
     nodes = {h.name: h for h in inventory.group("mail")}
     if node not in nodes:
         raise MailopsError(f"--queue {node}: not a mail node; use one of {', '.join(nodes)}")
-    cfg = settings(inventory, url)
-    store = open_store(cfg.url, cfg.region, cfg.endpoint_url)
-    kfile = key_file(inventory.path, inventory.lab.name if inventory.lab else None)
-    sealer = Sealer(load_or_make_key(kfile, create=False))
-    name = choose_snapshot(store, at)
-    saved = read_manifest(store, sealer, name).get("queues", {}).get(node)
+    store, sealer, name, manifest = _snapshot(inventory, url, at)
+    saved = manifest.get("queues", {}).get(node)
     if saved is None:
         raise MailopsError(f"{name} holds no Postfix queue of {node}")
     if not saved:
@@ -645,12 +651,7 @@ def verify_backup(inventory: Inventory, url: str | None = None,
     import sys
     import tempfile
 
-    cfg = settings(inventory, url)
-    store = open_store(cfg.url, cfg.region, cfg.endpoint_url)
-    kfile = key_file(inventory.path, inventory.lab.name if inventory.lab else None)
-    sealer = Sealer(load_or_make_key(kfile, create=False))
-    name = choose_snapshot(store, at)
-    manifest = read_manifest(store, sealer, name)
+    store, sealer, name, manifest = _snapshot(inventory, url, at)
     result = VerifyResult(store.url, name)
     with tempfile.TemporaryDirectory(prefix="mailops-verify-") as scratch:
         for address, box in manifest["mailboxes"].items():
