@@ -224,11 +224,14 @@ def test_failover_loses_no_accepted_message(node):
 
     # While the home node is down, everything accepted is read on its pair.
     want = set(accepted)
-    got = wait_for(lambda: want <= inbox_subjects(node, "bob@example.test", f"failover {run}"),
-                   60, "every accepted message read through the balancer during the outage",
-                   every=2)
-    assert got
-    Lab(node.inventory).up()  # boots the stopped node again
+    try:
+        got = wait_for(lambda: want <= inbox_subjects(node, "bob@example.test",
+                                                      f"failover {run}"),
+                       60, "every accepted message read through the balancer during the outage",
+                       every=2)
+        assert got
+    finally:
+        Lab(node.inventory).up()  # boots the stopped node again, for the tests after this one
     wait_for(lambda: all(s == "UP" for (b, n), s in server_states(node).items()
                          if n == mail2.name), 90, "the returned node is UP in the balancer")
     try:
