@@ -174,11 +174,13 @@ def _up(inventory, rebuild: bool, as_json: bool) -> int:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "test":
-        cmd = [sys.executable, "-m", "pytest", *args.pytest_args]
+    if argv[:1] == ["test"]:
+        # Everything after `test` is pytest's, options first included
+        # (`test -m unit`), which argparse's REMAINDER would refuse.
+        cmd = [sys.executable, "-m", "pytest", *argv[1:]]
         os.chdir(ROOT)
         os.execv(sys.executable, cmd)
+    args = _parser().parse_args(argv)
     if args.command == "explain":
         from mailops.verify.explain import explain
 

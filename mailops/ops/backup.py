@@ -21,6 +21,7 @@ the backup stays. Afterwards every folder is checked against the manifest.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -47,6 +48,14 @@ STAGE = "/var/vmail/.mailops-stage"  # beside the store: same disk, vmail's
 SPOOL = "/var/spool/postfix"
 QUEUES = ("incoming", "active", "deferred", "hold")
 VMAIL = "vmail"
+# How many messages this node's rspamd has learned (Bayes), from `rspamc stat`.
+REDIS_LEARNED = ("out=$(rspamc stat) && printf '%s\\n' \"$out\" | awk '/^Statfile:/ "
+                 "{for (i = 1; i < NF; i++) if ($i == \"learned:\") "
+                 "{v = $(i + 1); sub(\";\", \"\", v); s += v}} END {print s + 0}'")
+# A digest of the Redis dataset's contents (every key's serialized value, in
+# key order), unlike an RDB file, which also carries when it was made.
+REDIS_DIGEST = ("set -o pipefail; redis-cli --scan | LC_ALL=C sort | sed 's/^/DUMP /' "
+                "| redis-cli | sha256sum")
 SNAP_FORMAT = "%Y-%m-%dT%H%M%SZ"
 BACKUP_FILE = "backup.yml"  # group_vars/all/<this>: mailops_backup
 
@@ -166,6 +175,7 @@ class BackupResult:
     deleted_snapshots: list[str] = field(default_factory=list)
     deleted_objects: int = 0
     queues: dict[str, str] = field(default_factory=dict)  # node -> what was saved
+    rspamd: dict[str, str] = field(default_factory=dict)  # node -> what was saved
 
     def table(self) -> str:
         head = f"{'mailbox':<28} {'node':<8} {'folders':>7} {'messages':>8} {'new':>6} " \
@@ -178,6 +188,8 @@ class BackupResult:
                   f"{sum(r.messages for r in self.rows)} messages, "
                   f"{sum(r.new for r in self.rows)} new objects, {self.files} inventory files",
                   "Postfix queues: " + ", ".join(f"{n} {q}" for n, q in self.queues.items()),
+                  "rspamd's learned data: " + ", ".join(f"{n} {q}"
+                                                        for n, q in self.rspamd.items()),
                   f"retention: {len(self.deleted_snapshots)} snapshot(s) and "
                   f"{self.deleted_objects} object(s) deleted",
                   f"key: {self.key} (not in the backup: keep a copy offline)"]
@@ -187,7 +199,8 @@ class BackupResult:
         return {"url": self.url, "snapshot": self.snapshot, "key": str(self.key),
                 "mailboxes": [r.__dict__ for r in self.rows], "files": self.files,
                 "deleted_snapshots": self.deleted_snapshots,
-                "deleted_objects": self.deleted_objects, "queues": self.queues}
+                "deleted_objects": self.deleted_objects, "queues": self.queues,
+                "rspamd": self.rspamd}
 
 
 def _snapshots(store: Store) -> dict[datetime, str]:
@@ -206,6 +219,17 @@ def read_manifest(store: Store, sealer: Sealer, name: str) -> dict[str, Any]:
     if manifest.get("key_id") != sealer.key_id:
         raise MailopsError(f"{store.url}/{name}: made with another backup key")
     return manifest
+
+
+def _last_rspamd(store: Store, sealer: Sealer) -> dict[str, Any]:
+    """The newest snapshot's rspamd entries, per node ({} when none opens)."""
+    snaps = _snapshots(store)
+    if not snaps:
+        return {}
+    try:
+        return read_manifest(store, sealer, snaps[max(snaps)]).get("rspamd", {})
+    except MailopsError:
+        return {}
 
 
 def _stage_mailbox(inventory: Inventory, host: Host, address: str) -> dict[str, Any]:
@@ -346,6 +370,31 @@ def backup(inventory: Inventory, url: str | None = None) -> BackupResult:
                                   "size": len(data)})
         manifest["queues"][host.name] = saved
         result.queues[host.name] = f"{len(saved)} message(s)"
+    # rspamd's learned data (Bayes statistics, in each node's Redis): a dump
+    # of the dataset, made by Redis itself, so it is consistent.
+    # An RDB file carries its time of making, so two dumps of the same data
+    # differ: the dataset's own digest decides whether the last one is kept.
+    manifest["rspamd"] = {}
+    last = _last_rspamd(store, sealer)
+    for host in nodes.values():
+        step("backup", host.name, "rspamd's learned data (Redis)")
+        try:
+            learned = int(_run(inventory, host, REDIS_LEARNED, "counting learned messages")
+                          .strip() or 0)
+            digest = _run(inventory, host, REDIS_DIGEST, "digesting rspamd's Redis").split()[0]
+            before = last.get(host.name, {})
+            if before.get("digest") == digest and before.get("obj") in have:
+                manifest["rspamd"][host.name] = {**before, "learned": learned}
+                result.rspamd[host.name] = f"{learned} learned message(s), unchanged"
+                continue
+            dump = _binary(inventory, host, "f=$(mktemp) && redis-cli --rdb \"$f\" >/dev/null "
+                           "&& cat \"$f\"; rc=$?; rm -f \"$f\"; exit $rc")
+        except (MailopsError, ValueError, IndexError) as e:
+            result.rspamd[host.name] = f"not saved: {e}"
+            continue
+        manifest["rspamd"][host.name] = {"obj": put(dump)[0], "size": len(dump),
+                                         "learned": learned, "digest": digest}
+        result.rspamd[host.name] = f"{learned} learned message(s)"
     for rel, data in _file_objects(inventory).items():
         manifest["files"][rel] = put(data)[0]
     result.files = len(manifest["files"])
@@ -365,6 +414,7 @@ def backup(inventory: Inventory, url: str | None = None) -> BackupResult:
             m = read_manifest(store, sealer, snaps[d])
             named |= set(m["files"].values())
             named |= {q["obj"] for saved in m.get("queues", {}).values() for q in saved}
+            named |= {r["obj"] for r in m.get("rspamd", {}).values()}
             named |= {msg["obj"] for box in m["mailboxes"].values()
                       for f in box["folders"].values() for msg in f["messages"]}
         orphans = [_object(n) for n in have - named]
@@ -445,10 +495,12 @@ class RestoreResult:
     url: str
     snapshot: str
     rows: list[RestoreRow] = field(default_factory=list)
+    rspamd: dict[str, str] = field(default_factory=dict)  # node -> what happened
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.rows)
+        return all(r.ok for r in self.rows) and not any(
+            v.startswith("FAILED") for v in self.rspamd.values())
 
     def table(self) -> str:
         head = f"{'mailbox':<28} {'node':<8} {'folder':<24} {'backup':>7} {'restored':>8}  result"
@@ -456,13 +508,19 @@ class RestoreResult:
         for r in self.rows:
             lines.append(f"{r.address:<28} {r.node:<8} {r.folder:<24} {r.in_backup:>7} "
                          f"{r.restored:>8}  {'ok' if r.ok else 'FAILED'} {r.detail}".rstrip())
-        lines += ["", "every folder holds what the backup holds" if self.ok else
-                  "SOME FOLDERS DO NOT HOLD WHAT THE BACKUP HOLDS (see above)"]
+        boxes = sorted({r.address for r in self.rows})
+        failed = sorted({r.address for r in self.rows if not r.ok})
+        lines += ["", f"{len(boxes) - len(failed)} of {len(boxes)} mailbox(es) hold what the "
+                  "backup holds" + (f"; NOT: {', '.join(failed)} (see above; a re-run "
+                                    "adds only what is missing)" if failed else "")]
+        if self.rspamd:
+            lines.append("rspamd's learned data: " + ", ".join(
+                f"{n} {v}" for n, v in self.rspamd.items()))
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {"url": self.url, "snapshot": self.snapshot, "ok": self.ok,
-                "folders": [r.__dict__ for r in self.rows]}
+                "folders": [r.__dict__ for r in self.rows], "rspamd": self.rspamd}
 
 
 def _restore_mailbox(inventory: Inventory, store: Store, sealer: Sealer, host: Host,
@@ -550,8 +608,57 @@ def restore(inventory: Inventory, url: str | None = None, mailbox: str | None = 
                                           f"no node of {', '.join(home.nodes)} answers"))
             continue
         step("restore", host.name, address)
-        _restore_mailbox(inventory, store, sealer, host, address, box, result)
+        try:
+            _restore_mailbox(inventory, store, sealer, host, address, box, result)
+        except MailopsError as exc:
+            # The other mailboxes still come back; this one says what stopped it.
+            # Objects are checked before anything is imported, so a bad object
+            # leaves the mailbox as it was; a re-run adds only what is missing.
+            count = sum(f["count"] for f in box["folders"].values())
+            result.rows.append(RestoreRow(address, host.name, "(every folder)", count, 0,
+                                          False, f"not restored: {exc}"))
+    if mailbox is None:
+        _restore_rspamd(inventory, store, sealer, manifest, nodes, result)
     return result
+
+
+def _restore_rspamd(inventory: Inventory, store: Store, sealer: Sealer,
+                    manifest: dict[str, Any], nodes: dict[str, Host],
+                    result: RestoreResult) -> None:
+    """Each node's learned data back into its Redis, only where it has
+    learned nothing of its own (a Redis dataset replaces, it cannot merge)."""
+    for name, saved in manifest.get("rspamd", {}).items():
+        host = nodes.get(name)
+        if host is None or not saved.get("learned"):
+            continue
+        step("restore", name, "rspamd's learned data (Redis)")
+        try:
+            now = int(_run(inventory, host, REDIS_LEARNED, "counting learned messages")
+                      .strip() or 0)
+            if now:
+                result.rspamd[name] = (f"kept its own ({now} learned; the backup's "
+                                       f"{saved['learned']} not restored)")
+                continue
+            dump = sealer.open(saved["obj"], store.get(_object(saved["obj"])))
+            _binary(inventory, host, "f=/var/lib/redis/dump.rdb; cat > \"$f.mailops\" && "
+                    "chown redis:redis \"$f.mailops\" && chmod 0660 \"$f.mailops\" && "
+                    "systemctl stop redis-server && mv \"$f.mailops\" \"$f\" && "
+                    "systemctl start redis-server", dump)
+            back = 0
+            # Redis loads the dump as it starts; rspamd re-reads its counts
+            # from Redis every 30 s or so.
+            for _ in range(75):
+                with contextlib.suppress(MailopsError, ValueError):
+                    back = int(_run(inventory, host, REDIS_LEARNED, "counting learned "
+                                    "messages").strip() or 0)
+                if back >= saved["learned"]:
+                    break
+                time.sleep(1)
+            result.rspamd[name] = (f"{back} learned message(s) restored" if back >=
+                                   saved["learned"] else f"FAILED: {back} of "
+                                   f"{saved['learned']} learned messages back")
+        except MailopsError as e:
+            result.rspamd[name] = f"FAILED: {e}"
 
 
 def restore_queue(inventory: Inventory, node: str, url: str | None = None,

@@ -148,3 +148,19 @@ def test_a_fresh_controller_gets_the_inventory_back_and_nothing_is_overwritten(m
     assert (dest / "hosts.yml").read_bytes() == (inv.path / "hosts.yml").read_bytes()
     with pytest.raises(MailopsError, match="nothing is overwritten"):
         backup.restore_inventory(store.url, tmp_path / "key", dest)
+
+
+def test_a_restore_report_names_the_mailboxes_that_did_not_come_back():
+    res = backup.RestoreResult("file:///b", "snapshots/x.json")
+    res.rows += [backup.RestoreRow("alice@example.test", "mail1", "INBOX", 3, 3, True),
+                 backup.RestoreRow("carol@example.net", "mail2", "(every folder)", 5, 0, False,
+                                   "not restored: object ab: does not open with this key")]
+    assert not res.ok
+    table = res.table()
+    assert "1 of 2 mailbox(es) hold what the backup holds; NOT: carol@example.net" in table
+    assert "FAILED not restored: object ab" in table
+    res.rows.pop()
+    res.rspamd["mail1"] = "FAILED: 0 of 4 learned messages back"
+    assert not res.ok and "rspamd's learned data: mail1 FAILED" in res.table()
+    res.rspamd["mail1"] = "4 learned message(s) restored"
+    assert res.ok and res.to_dict()["rspamd"] == {"mail1": "4 learned message(s) restored"}
