@@ -71,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     mv.add_argument("--json", action="store_true")
     inv(mv)
 
+    mg = sub.add_parser("migrate", help="move an on-premises mail server into the cluster: "
+                                        "plan (read it, say what the move involves)")
+    mg.add_argument("action", choices=["plan"])
+    mg.add_argument("--from", dest="source", required=True, metavar="HOST",
+                    help="the legacy server (a host of the group legacy)")
+    mg.add_argument("--json", action="store_true")
+    inv(mg)
+
     rb = sub.add_parser("rebuild", help="rebuild a lost mail node on its empty host: drained, "
                                         "converged, resynced from its pair, its queue back, "
                                         "undrained, verified")
@@ -256,6 +264,18 @@ def main(argv: list[str]) -> int:
                 print(moved.text())
                 print(f"\nmove-mailbox: done in {time.monotonic() - t0:.1f} s")
             return 0 if moved.ok else 1
+        elif args.command == "migrate":
+            from mailops.ops.migrate import plan as migrate_plan
+
+            t0 = time.monotonic()
+            planned = migrate_plan(inventory, args.source)
+            if args.json:
+                print(json.dumps(planned.to_dict(), indent=2))
+            else:
+                print(planned.text())
+                print(f"\nmigrate plan: done in {time.monotonic() - t0:.1f} s; nothing was "
+                      "changed")
+            return 0
         elif args.command == "rebuild":
             from mailops.ops.rebuild import rebuild
 

@@ -35,7 +35,7 @@ from mailops.inventory.fields import (
     validate,
 )
 
-GROUPS = ("lb", "mail", "dns", "external")
+GROUPS = ("lb", "mail", "dns", "external", "legacy")
 LAB_RANGE = IPv4Network("198.18.0.0/15")
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")

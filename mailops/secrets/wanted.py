@@ -20,6 +20,10 @@ from mailops.site.derived import tsig_key_name
 from mailops.site.mailmodel import MailModel
 
 TSIG_PREFIX = "tsig_"  # vault_extra key: tsig_<key name>
+# vault_extra: the legacy server's admin login (what `migrate` reads it
+# with) and, in a lab, its users' passwords (legacy_user_<name>).
+MIGRATE_ADMIN_PASSWORD = "migrate_admin_password"
+LEGACY_USER_PREFIX = "legacy_user_"
 
 
 def new_tsig_secret() -> str:
@@ -27,13 +31,26 @@ def new_tsig_secret() -> str:
     return base64.b64encode(_random.token_bytes(32)).decode("ascii")
 
 
+def new_password() -> str:
+    return _random.token_urlsafe(18)
+
+
 def wanted_extra(inventory: Inventory) -> dict[str, Callable[[], str]]:
     """vault_extra entries to generate: the TSIG key, when the inventory runs
-    its own name server (a `dns` host). An outside server's key is the
-    operator's to put in the vault."""
-    if not inventory.group("dns"):
-        return {}
-    return {TSIG_PREFIX + tsig_key_name(inventory): new_tsig_secret}
+    its own name server (a `dns` host); in a lab with a legacy server (the
+    on-premises box a migration reads), its admin password and its users'.
+    An outside server's key, or a real legacy server's admin password, is
+    the operator's to put in the vault."""
+    wanted: dict[str, Callable[[], str]] = {}
+    if inventory.group("dns"):
+        wanted[TSIG_PREFIX + tsig_key_name(inventory)] = new_tsig_secret
+    if inventory.lab is not None:
+        for host in inventory.group("legacy"):
+            wanted[MIGRATE_ADMIN_PASSWORD] = new_password
+            users = inventory.variables.get(host.name, {}).get("mailops_legacy_users", [])
+            for user in users if isinstance(users, list) else []:
+                wanted[LEGACY_USER_PREFIX + str(user)] = new_password
+    return wanted
 
 
 def certificate_names(model: MailModel, inventory: Inventory) -> list[str]:

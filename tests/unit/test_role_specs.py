@@ -36,6 +36,7 @@ SITE_GROUPS = {
     "dovecot": ["mail"],
     "external": ["external"],
     "haproxy": ["lb"],
+    "legacy": ["legacy"],
     "postfix": ["mail"],
     "resolver": ["all"],
     "rspamd": ["mail", "external"],

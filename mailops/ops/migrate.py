@@ -1,0 +1,361 @@
+"""`deploy.py migrate plan --from HOST`: what moving an on-premises mail
+server into the cluster involves, read off the server itself.
+
+The legacy server (an inventory host in the group `legacy`) is read over
+IMAP with its admin login acting for each user (SASL PLAIN with an
+authorization id, as Cyrus and Dovecot master users allow), the way
+Dovecot's imapc reads it during the sync: which mailboxes it holds, per
+folder the message count, size and UIDVALIDITY; where each mailbox will
+live in the cluster (its home node, or that it is not in the mail model
+yet); and the DNS side of the cutover: the domain's MX as the world sees it
+now, its TTL, what to lower it to now and how long to wait before the
+cutover.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailops.core.errors import MailopsError
+from mailops.core.paths import vault_file
+from mailops.core.progress import step, table
+from mailops.dns.settings import settings as dns_settings
+from mailops.inventory.model import Host, Inventory
+from mailops.ops.backup import imap_name
+from mailops.secrets.vault import load_secrets
+from mailops.secrets.wanted import MIGRATE_ADMIN_PASSWORD
+from mailops.site.homes import homes
+from mailops.site.mailmodel import load_mail_model
+
+SOURCE_KEY = "mailops_legacy"  # host var of a legacy host: how to read it
+TLS_MODES = ("none", "starttls", "imaps")
+CUTOVER_TTL = 300  # seconds: the MX TTL to publish a day ahead of the cutover
+TIMEOUT = 30
+
+
+@dataclass(frozen=True)
+class Source:
+    """A legacy server as migrate reads it."""
+
+    host: Host
+    server: str  # cyrus or dovecot: how its mailboxes are listed
+    domain: str  # the domain its users' mail is for
+    port: int
+    tls: str
+    admin_user: str
+    admin_password: str = field(repr=False)
+
+    def address(self, user: str) -> str:
+        """A legacy login as the cluster's address: users without a domain
+        get the server's."""
+        return user if "@" in user else f"{user}@{self.domain}"
+
+
+def source_of(inventory: Inventory, name: str) -> Source:
+    """The legacy host `name` and how to read it; errors name the key and
+    the fix before anything connects."""
+    legacy = {h.name: h for h in inventory.group("legacy")}
+    hosts_file = inventory.path / "hosts.yml"
+    if name not in legacy:
+        known = ", ".join(legacy) or "none"
+        raise MailopsError(f"{hosts_file}: --from {name}: not a host of the group `legacy` "
+                           f"(legacy hosts: {known})\n  fix: add it under "
+                           "all.children.legacy.hosts, or name one of those")
+    values = inventory.variables.get(name, {}).get(SOURCE_KEY, {})
+    key = f"all.children.legacy.hosts.{name}.{SOURCE_KEY}"
+    if not isinstance(values, dict):
+        raise MailopsError(f"{hosts_file}: {key}: not a mapping\n  fix: e.g. "
+                           "{server: cyrus, domain: example.org, admin_user: cyrus}")
+    problems = []
+    server = values.get("server", "cyrus")
+    if server not in ("cyrus", "dovecot"):
+        problems.append(f"{key}.server: {server!r} is not cyrus or dovecot")
+    domain = values.get("domain")
+    if not isinstance(domain, str) or "." not in domain:
+        problems.append(f"{key}.domain: the domain its users' mail is for is missing "
+                        "(e.g. example.org)")
+    tls = values.get("tls", "none")
+    if tls not in TLS_MODES:
+        problems.append(f"{key}.tls: {tls!r} is not one of {', '.join(TLS_MODES)}")
+    port = values.get("port", 993 if tls == "imaps" else 143)
+    if not isinstance(port, int) or not 0 < port < 65536:
+        problems.append(f"{key}.port: {port!r} is not a port number")
+    admin = values.get("admin_user", "cyrus" if server == "cyrus" else None)
+    if not isinstance(admin, str) or not admin:
+        problems.append(f"{key}.admin_user: the admin (master) login is missing")
+    if problems:
+        raise MailopsError(f"{hosts_file}: " + "\n".join(problems)
+                           + "\n  fix: set these under the legacy host; nothing was touched")
+    password = _vault_extra(inventory).get(MIGRATE_ADMIN_PASSWORD)
+    if not password:
+        raise MailopsError(f"{inventory.path}/group_vars/all/vault.yml: vault_extra."
+                           f"{MIGRATE_ADMIN_PASSWORD} is missing: the password of {admin} on "
+                           f"{name}\n  fix: ansible-vault edit that file and add it under "
+                           "vault_extra")
+    return Source(legacy[name], server, domain, port, tls, admin, password)
+
+
+def _vault_extra(inventory: Inventory) -> dict[str, Any]:
+    vault = vault_file(inventory.path)
+    if not vault.exists():
+        return {}
+    return dict(load_secrets(vault, inventory.vault_password_file).extra)
+
+
+def _context() -> ssl.SSLContext:
+    # A legacy box's certificate is rarely one the controller can verify
+    # (self-signed, or for another name); the session is still encrypted.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def connect(source: Source, user: str | None = None) -> imaplib.IMAP4:
+    """An IMAP session on the legacy server: the admin itself (user None) or
+    the admin acting for `user`."""
+    host = str(source.host.address)
+    try:
+        if source.tls == "imaps":
+            imap: imaplib.IMAP4 = imaplib.IMAP4_SSL(host, source.port, ssl_context=_context(),
+                                                    timeout=TIMEOUT)
+        else:
+            imap = imaplib.IMAP4(host, source.port, timeout=TIMEOUT)
+            if source.tls == "starttls":
+                imap.starttls(_context())
+    except (OSError, imaplib.IMAP4.error) as e:
+        raise MailopsError(f"{source.host.name} ({host}:{source.port}): no IMAP server "
+                           f"answers: {e}\n  fix: check that it runs and that the port "
+                           f"and tls of {SOURCE_KEY} are right") from None
+    creds = f"{user or ''}\0{source.admin_user}\0{source.admin_password}".encode()
+    try:
+        imap.authenticate("PLAIN", lambda _: creds)
+    except imaplib.IMAP4.error as e:
+        imap.shutdown()
+        who = f"{source.admin_user} acting for {user}" if user else source.admin_user
+        raise MailopsError(f"{source.host.name}: login as {who} refused ({e})\n  fix: "
+                           + (f"check that {user} exists there" if user else
+                              f"check {MIGRATE_ADMIN_PASSWORD} in the vault and that "
+                              f"{source.admin_user} is an admin (Cyrus `admins:`, Dovecot a "
+                              "master user)")) from None
+    return imap
+
+
+_LIST = re.compile(rb'^\((?P<flags>[^)]*)\) (?P<sep>"[^"]*"|NIL) (?P<name>.+)$')
+
+
+def _listed(data: list[Any]) -> list[tuple[str, str, str]]:
+    """LIST replies as (flags, separator, name) with the name unquoted."""
+    out = []
+    for item in data:
+        if isinstance(item, tuple):  # a literal name
+            head, name = item[0], item[1]
+            found = _LIST.match(head.rsplit(b" {", 1)[0] + b" x")
+            if found:
+                out.append((found["flags"].decode(), found["sep"].decode().strip('"'),
+                            name.decode()))
+            continue
+        if not item:
+            continue
+        found = _LIST.match(item)
+        if found:
+            name = found["name"].decode()
+            if name.startswith('"'):
+                name = name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+            out.append((found["flags"].decode(), found["sep"].decode().strip('"'), name))
+    return out
+
+
+def quoted(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def list_users(source: Source) -> list[str]:
+    """The server's users, from the admin's view of every mailbox."""
+    imap = connect(source)
+    try:
+        if source.server == "cyrus":
+            typ, data = imap.list('""', "user.%")
+            prefix = "user."
+        else:  # Dovecot: the admin lists users with doveadm, not IMAP
+            raise MailopsError(f"{source.host.name}: listing a Dovecot server's users over "
+                               "IMAP is not built yet; list them under "
+                               f"{SOURCE_KEY}.users")
+        if typ != "OK":
+            raise MailopsError(f"{source.host.name}: LIST refused for {source.admin_user}")
+        return sorted(name.removeprefix(prefix) for _, _, name in _listed(data)
+                      if name.startswith(prefix))
+    finally:
+        imap.logout()
+
+
+@dataclass
+class FolderStat:
+    name: str  # as IMAP names it on the legacy server (modified UTF-7)
+    messages: int
+    size: int
+    uidvalidity: int
+
+    @property
+    def display(self) -> str:
+        return imap_name(self.name) if "&" in self.name else self.name
+
+
+def folders_of(source: Source, user: str) -> list[FolderStat]:
+    """Every folder of a user, with counts, sizes and UIDVALIDITY, as the
+    user's own session sees it."""
+    imap = connect(source, user)
+    try:
+        typ, data = imap.list('""', "*")
+        if typ != "OK":
+            raise MailopsError(f"{source.host.name}: LIST refused for {user}")
+        out = []
+        for flags, _, name in _listed(data):
+            if "\\noselect" in flags.lower():
+                continue
+            typ, data = imap.select(quoted(name), readonly=True)
+            if typ != "OK":
+                raise MailopsError(f"{source.host.name}: {user}'s {name} does not open: {data}")
+            count = int(data[0])
+            uidvalidity = int(imap.untagged_responses.get("UIDVALIDITY", [b"0"])[-1])
+            size = 0
+            if count:
+                typ, sizes = imap.fetch("1:*", "(RFC822.SIZE)")
+                size = sum(int(m[1]) for s in sizes if isinstance(s, bytes)
+                           and (m := re.search(rb"RFC822\.SIZE (\d+)", s)))
+            out.append(FolderStat(name, count, size, uidvalidity))
+            imap.close()
+        return out
+    finally:
+        imap.logout()
+
+
+@dataclass
+class MailboxPlan:
+    user: str  # the login on the legacy server
+    address: str  # the mailbox in the cluster
+    home: str | None  # its home node; None: not in the mail model yet
+    folders: list[FolderStat]
+
+    @property
+    def messages(self) -> int:
+        return sum(f.messages for f in self.folders)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.folders)
+
+
+@dataclass
+class MigratePlan:
+    source: str
+    server: str
+    domain: str
+    mailboxes: list[MailboxPlan]
+    mx: list[str]  # the domain's MX now, as the deployment's name server answers
+    mx_ttl: int | None
+    dns_changes: list[str]
+    advice: list[str]
+
+    def text(self) -> str:
+        rows = [(m.user, m.address, m.home or "NOT IN THE MAIL MODEL", f.display,
+                 f.messages, _size(f.size), f.uidvalidity)
+                for m in self.mailboxes for f in m.folders]
+        lines = [f"migrate plan: {self.source} ({self.server}) -> the cluster, "
+                 f"domain {self.domain}", "",
+                 table(("user", "mailbox", "home", "folder", "messages", "size",
+                        "uidvalidity"), rows), "",
+                 f"{len(self.mailboxes)} mailbox(es), "
+                 f"{sum(m.messages for m in self.mailboxes)} messages, "
+                 f"{_size(sum(m.size for m in self.mailboxes))}", "",
+                 f"MX of {self.domain} now: {', '.join(self.mx) or '(none)'}"
+                 + (f" (TTL {self.mx_ttl} s)" if self.mx_ttl is not None else ""),
+                 "the cutover will:", *(f"  {c}" for c in self.dns_changes),
+                 "now:", *(f"  {a}" for a in self.advice)]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "server": self.server, "domain": self.domain,
+                "mailboxes": [{"user": m.user, "address": m.address, "home": m.home,
+                               "messages": m.messages, "size": m.size,
+                               "folders": [{"name": f.name, "display": f.display,
+                                            "messages": f.messages, "size": f.size,
+                                            "uidvalidity": f.uidvalidity}
+                                           for f in m.folders]}
+                              for m in self.mailboxes],
+                "mx": self.mx, "mx_ttl": self.mx_ttl, "dns_changes": self.dns_changes,
+                "advice": self.advice}
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _mx_now(inventory: Inventory, domain: str) -> tuple[list[str], int | None]:
+    """The domain's MX as the deployment's name server answers, and its TTL."""
+    import dns.exception
+    import dns.resolver
+
+    cfg = dns_settings(inventory)
+    server = cfg.rfc2136_server
+    if not server:
+        return [], None
+    res = dns.resolver.Resolver(configure=False)
+    res.nameservers = [server]
+    res.port = cfg.rfc2136_port
+    res.lifetime = 5
+    try:
+        answer = res.resolve(domain, "MX")
+    except (OSError, dns.exception.DNSException):
+        return [], None
+    return sorted(str(r.exchange).rstrip(".") for r in answer), answer.rrset.ttl
+
+
+def plan(inventory: Inventory, source_name: str) -> MigratePlan:
+    source = source_of(inventory, source_name)
+    step("migrate", source.host.name, f"listing the users ({source.admin_user})")
+    users = list_users(source)
+    model = load_mail_model(inventory)
+    home_of = {a: h.node for a, h in homes(inventory, model).items()}
+    boxes = []
+    for user in users:
+        step("migrate", source.host.name, f"reading {user}'s folders")
+        address = source.address(user)
+        boxes.append(MailboxPlan(user, address, home_of.get(address.lower()),
+                                 folders_of(source, user)))
+    mx, ttl = _mx_now(inventory, source.domain)
+    changes = []
+    served = source.domain in model.domains
+    if not served:
+        changes.append(f"first: add {source.domain} to mailops_domains (mail model) and "
+                       "`deploy.py up`, so the cluster takes its mail")
+    missing = [b.address for b in boxes if b.home is None]
+    if missing:
+        changes.append(f"first: add {len(missing)} mailbox(es) to mailops_mailboxes: "
+                       + ", ".join(missing))
+    changes += [f"MX {source.domain} -> {model.service_name} (was {', '.join(mx) or 'none'})",
+                f"SPF, DKIM ({model.dkim_selector}._domainkey) and DMARC of {source.domain} "
+                "as for every served domain (deploy.py dns plan shows them)",
+                f"{source.host.name} then forwards what still reaches it to the cluster"]
+    advice = []
+    if ttl is not None and ttl > CUTOVER_TTL:
+        advice.append(f"lower the MX TTL of {source.domain} from {ttl} s to {CUTOVER_TTL} s, "
+                      f"then wait {ttl} s (the old TTL) before the cutover")
+    elif ttl is not None:
+        advice.append(f"the MX TTL is {ttl} s: the cutover can follow the sync at once")
+    else:
+        advice.append(f"no MX of {source.domain} found at the deployment's name server: "
+                      f"lower its TTL to {CUTOVER_TTL} s where it is published")
+    advice.append(f"run `deploy.py migrate sync --from {source.host.name}` (repeatable) "
+                  "until the parity report is equal")
+    return MigratePlan(source.host.name, source.server, source.domain, boxes, mx, ttl,
+                       changes, advice)
+

@@ -1,0 +1,172 @@
+"""Moving an on-premises server into the cluster: the session's lab gains
+`legacy1`, a Cyrus IMAP/POP3 server for example.org (the lab role
+`legacy`), seeded here over IMAP with over a thousand messages in nested
+folders with odd names (spaces, `&`, non-ASCII), flags and keywords, and
+a large attachment. `migrate plan` must find what the test put there,
+folder by folder, counted with the test's own IMAP client. Afterwards the
+lab is put back as it was for the tests that follow."""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mailops.verify.mailclient import message
+from tests.conftest import deploy
+
+pytestmark = pytest.mark.lab
+
+LEGACY = "legacy1"
+LEGACY_HOST = 21  # host part of its address in the lab subnet
+DOMAIN = "example.org"
+USERS = ("erin", "frank", "gina")
+# Folders as Cyrus (altnamespace off, "." separator) names them, in
+# modified UTF-7: "Réunions" and "Kunden & Partner".
+FOLDERS = ("INBOX", "INBOX.Sent", "INBOX.Archive", "INBOX.Archive.2024",
+           "INBOX.R&AOk-unions", "INBOX.Kunden &- Partner")
+FLAGS = ("", r"\Seen", r"\Seen \Flagged", r"\Seen \Answered", r"\Seen $Important")
+PER_USER = 400  # messages per user, spread over FOLDERS
+
+
+def _admin_for(address: str, user: str, password: str) -> imaplib.IMAP4:
+    imap = imaplib.IMAP4(address, 143, timeout=30)
+    creds = f"{user}\0cyrus\0{password}".encode()
+    imap.authenticate("PLAIN", lambda _: creds)
+    return imap
+
+
+def _seed(address: str, password: str) -> None:
+    """PER_USER messages a user, over FOLDERS, with flags; one with a 3 MB
+    attachment; made only once (a kept lab keeps its seed)."""
+    for user in USERS:
+        imap = _admin_for(address, user, password)
+        for folder in FOLDERS[1:]:
+            imap.create(f'"{folder}"')
+        typ, data = imap.select("INBOX", readonly=True)
+        if int(data[0]):
+            imap.logout()
+            continue
+        for i in range(PER_USER):
+            msg = message(f"{user}@{DOMAIN}", [f"{user}@{DOMAIN}"], f"legacy {user} {i:04d}")
+            if i == 7:
+                msg.add_attachment(b"\x00\x01" * (1_500_000), maintype="application",
+                                   subtype="octet-stream", filename="big.bin")
+            flags = FLAGS[i % len(FLAGS)]
+            typ, res = imap.append(f'"{FOLDERS[i % len(FOLDERS)]}"',
+                                   f"({flags})" if flags else None,
+                                   time.time() - 86400 * (i % 400), msg.as_bytes())
+            assert typ == "OK", (user, i, res)
+        imap.logout()
+
+
+def _counted(address: str, password: str) -> dict[str, dict[str, int]]:
+    """user -> folder -> messages, as the test's own IMAP client counts."""
+    out: dict[str, dict[str, int]] = {}
+    for user in USERS:
+        imap = _admin_for(address, user, password)
+        out[user] = {}
+        for folder in FOLDERS:
+            typ, data = imap.select(f'"{folder}"', readonly=True)
+            assert typ == "OK", (user, folder, data)
+            out[user][folder] = int(data[0])
+        imap.logout()
+    return out
+
+
+@pytest.fixture(scope="module")
+def legacy(node, lab_inventory):
+    """The lab with legacy1 in it, seeded; put back afterwards."""
+    from mailops.core.paths import vault_file
+    from mailops.inventory.model import load_inventory
+    from mailops.secrets.vault import load_secrets
+
+    hosts_file = Path(lab_inventory) / "hosts.yml"
+    before = hosts_file.read_text()
+    inv = str(lab_inventory)
+    try:
+        hosts = yaml.safe_load(before)
+        net = str(node.inventory.group("mail")[0].address).rsplit(".", 1)[0]
+        hosts["all"]["children"]["legacy"] = {"hosts": {LEGACY: {
+            "ansible_host": f"{net}.{LEGACY_HOST}",
+            "mailops_legacy": {"server": "cyrus", "domain": DOMAIN},
+            "mailops_legacy_users": list(USERS)}}}
+        hosts_file.write_text(yaml.safe_dump(hosts, sort_keys=False))
+        deploy("lab", "up", "-i", inv)
+        deploy("bootstrap", "-i", inv)
+        deploy("converge", "-i", inv, timeout=1800)
+        loaded = load_inventory(lab_inventory)
+        secrets = load_secrets(vault_file(loaded.path), loaded.vault_password_file)
+        password = secrets.extra["migrate_admin_password"]
+        address = f"{net}.{LEGACY_HOST}"
+        _seed(address, password)
+        yield address, password
+    finally:
+        hosts_file.write_text(before)
+        deploy("lab", "up", "-i", inv)  # removes legacy1
+        deploy("bootstrap", "-i", inv)  # and its name from the others' /etc/hosts
+
+
+def test_migrate_plan_finds_every_mailbox_and_folder(legacy, lab_inventory):
+    address, password = legacy
+    counted = _counted(address, password)
+    assert sum(sum(f.values()) for f in counted.values()) == PER_USER * len(USERS)
+    res = deploy("migrate", "plan", "--from", LEGACY, "-i", str(lab_inventory), "--json")
+    planned = json.loads(res.stdout)
+    assert planned["domain"] == DOMAIN and planned["server"] == "cyrus"
+    boxes = {m["user"]: m for m in planned["mailboxes"]}
+    assert sorted(boxes) == sorted(USERS)
+    for user in USERS:
+        box = boxes[user]
+        assert box["address"] == f"{user}@{DOMAIN}"
+        assert box["home"] is None  # example.org is not in the mail model yet
+        assert {f["name"]: f["messages"] for f in box["folders"]} == counted[user]
+        assert all(f["uidvalidity"] > 0 for f in box["folders"])
+        displays = {f["display"] for f in box["folders"]}
+        assert {"INBOX.Réunions", "INBOX.Kunden & Partner"} <= displays
+        # The 3 MB attachment counts in its user's size.
+        assert box["size"] > 3_000_000
+    changes = " ".join(planned["dns_changes"])
+    assert f"add {DOMAIN} to mailops_domains" in changes
+    assert "add 3 mailbox(es)" in changes and f"MX {DOMAIN}" in changes
+
+    table = deploy("migrate", "plan", "--from", LEGACY, "-i", str(lab_inventory))
+    assert re.search(r"erin\s+erin@example.org\s+NOT IN THE MAIL MODEL\s+INBOX\.Réunions",
+                     table.stdout), table.stdout
+    assert "nothing was changed" in table.stdout
+
+
+def test_migrate_from_a_host_that_is_not_legacy_or_with_a_wrong_password(legacy,
+                                                                          lab_inventory):
+    res = deploy("migrate", "plan", "--from", "mail1", "-i", str(lab_inventory), check=False)
+    assert res.returncode != 0
+    assert "not a host of the group `legacy`" in res.stderr and "legacy1" in res.stderr
+    assert "fix:" in res.stderr
+
+    # The admin's password changed on the server: refused, named, nothing read.
+    address, password = legacy
+    from mailops.inventory import remote
+    from mailops.inventory.model import load_inventory
+
+    inv = load_inventory(lab_inventory)
+    host = inv.host(LEGACY)
+    other = base64.b64encode(b"not-the-password").decode()
+    change = remote.run(inv, host, f"echo {other} | base64 -d | saslpasswd2 -p -u {LEGACY} "
+                                   "cyrus && rm -f /var/lib/cyrus/.mailops-sasldb")
+    assert change.returncode == 0, change.stderr
+    try:
+        res = deploy("migrate", "plan", "--from", LEGACY, "-i", str(lab_inventory),
+                     check=False)
+        assert res.returncode != 0
+        assert "login as cyrus refused" in res.stderr
+        assert "migrate_admin_password" in res.stderr
+    finally:
+        # The converge puts the vault's password back.
+        deploy("converge", "-i", str(lab_inventory), timeout=1800)
+    _counted(address, password)  # the admin logs in again
