@@ -72,8 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     inv(mv)
 
     mg = sub.add_parser("migrate", help="move an on-premises mail server into the cluster: "
-                                        "plan (read it, say what the move involves)")
-    mg.add_argument("action", choices=["plan"])
+                                        "plan (read it, say what the move involves), sync "
+                                        "(pull every mailbox, repeatable), parity (compare)")
+    mg.add_argument("action", choices=["plan", "sync", "parity"])
     mg.add_argument("--from", dest="source", required=True, metavar="HOST",
                     help="the legacy server (a host of the group legacy)")
     mg.add_argument("--json", action="store_true")
@@ -181,6 +182,37 @@ def _up(inventory, rebuild: bool, as_json: bool) -> int:
     return 0 if result.verify.ok else 1
 
 
+def _migrate(inventory, action: str, source: str, as_json: bool) -> int:
+    from mailops.core.progress import table
+    from mailops.ops import migrate
+
+    t0 = time.monotonic()
+    if action == "plan":
+        planned = migrate.plan(inventory, source)
+        print(json.dumps(planned.to_dict(), indent=2) if as_json else planned.text())
+        if not as_json:
+            print(f"\nmigrate plan: done in {time.monotonic() - t0:.1f} s; nothing was changed")
+        return 0
+    rows = []
+    if action == "sync":
+        rows, parity = migrate.sync(inventory, source)
+    else:
+        src = migrate.source_of(inventory, source)
+        parity = migrate.parity(inventory, src, migrate.list_users(src))
+    synced = all(r.result == "ok" for r in rows)
+    if as_json:
+        print(json.dumps({"synced": [r.__dict__ for r in rows], "parity": parity.to_dict()},
+                         indent=2))
+    else:
+        if rows:
+            print(table(("user", "mailbox", "node", "result", "tries", "s"),
+                        [(r.user, r.address, r.node, r.result, r.tries, f"{r.seconds:.1f}")
+                         for r in rows]) + "\n")
+        print(parity.table())
+        print(f"\nmigrate {action}: done in {time.monotonic() - t0:.1f} s")
+    return 0 if synced and parity.equal else 1
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["test"]:
         # Everything after `test` is pytest's, options first included
@@ -265,17 +297,7 @@ def main(argv: list[str]) -> int:
                 print(f"\nmove-mailbox: done in {time.monotonic() - t0:.1f} s")
             return 0 if moved.ok else 1
         elif args.command == "migrate":
-            from mailops.ops.migrate import plan as migrate_plan
-
-            t0 = time.monotonic()
-            planned = migrate_plan(inventory, args.source)
-            if args.json:
-                print(json.dumps(planned.to_dict(), indent=2))
-            else:
-                print(planned.text())
-                print(f"\nmigrate plan: done in {time.monotonic() - t0:.1f} s; nothing was "
-                      "changed")
-            return 0
+            return _migrate(inventory, args.action, args.source, args.json)
         elif args.command == "rebuild":
             from mailops.ops.rebuild import rebuild
 

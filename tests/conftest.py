@@ -173,3 +173,17 @@ def node(converged, tmp_path_factory):
     """The mail service as clients reach it: through the balancer (the nodes
     take only PROXY protocol connections from it)."""
     return MailNode(converged, converged.group("lb")[0], tmp_path_factory.mktemp("node"))
+
+
+def message_ids(imap, folder: str) -> dict[str, str]:
+    """Message-ID -> flags of every message in a folder."""
+    imap.select(f'"{folder}"', readonly=True)
+    typ, data = imap.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+    found = {}
+    for item in data:
+        if isinstance(item, tuple):
+            flags = re.search(rb"FLAGS \(([^)]*)\)", item[0])
+            msgid = item[1].decode().split(":", 1)[1].strip()
+            # \Recent belongs to a session, not to the message.
+            found[msgid] = " ".join(sorted(set(flags[1].decode().split()) - {"\\Recent"}))
+    return found

@@ -14,9 +14,14 @@ cutover.
 
 from __future__ import annotations
 
+import hashlib
 import imaplib
+import json
 import re
 import ssl
+import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +29,13 @@ from mailops.core.errors import MailopsError
 from mailops.core.paths import vault_file
 from mailops.core.progress import step, table
 from mailops.dns.settings import settings as dns_settings
+from mailops.inventory import remote
 from mailops.inventory.model import Host, Inventory
 from mailops.ops.backup import imap_name
 from mailops.secrets.vault import load_secrets
 from mailops.secrets.wanted import MIGRATE_ADMIN_PASSWORD
 from mailops.site.homes import homes
-from mailops.site.mailmodel import load_mail_model
+from mailops.site.mailmodel import MAIL_FILE, load_mail_model
 
 SOURCE_KEY = "mailops_legacy"  # host var of a legacy host: how to read it
 TLS_MODES = ("none", "starttls", "imaps")
@@ -210,17 +216,8 @@ def folders_of(source: Source, user: str) -> list[FolderStat]:
     user's own session sees it."""
     imap = connect(source, user)
     try:
-        typ, data = imap.list('""', "*")
-        if typ != "OK":
-            raise MailopsError(f"{source.host.name}: LIST refused for {user}")
         out = []
-        for flags, _, name in _listed(data):
-            if "\\noselect" in flags.lower():
-                continue
-            typ, data = imap.select(quoted(name), readonly=True)
-            if typ != "OK":
-                raise MailopsError(f"{source.host.name}: {user}'s {name} does not open: {data}")
-            count = int(data[0])
+        for name, _, count in _each_folder(imap, source, user):
             uidvalidity = int(imap.untagged_responses.get("UIDVALIDITY", [b"0"])[-1])
             size = 0
             if count:
@@ -228,10 +225,27 @@ def folders_of(source: Source, user: str) -> list[FolderStat]:
                 size = sum(int(m[1]) for s in sizes if isinstance(s, bytes)
                            and (m := re.search(rb"RFC822\.SIZE (\d+)", s)))
             out.append(FolderStat(name, count, size, uidvalidity))
-            imap.close()
         return out
     finally:
         imap.logout()
+
+
+def _each_folder(imap: imaplib.IMAP4, source: Source,
+                 user: str) -> Iterator[tuple[str, str, int]]:
+    """Every selectable folder of the session's user, selected read-only in
+    turn: (name, hierarchy separator, message count)."""
+    typ, data = imap.list('""', "*")
+    if typ != "OK":
+        raise MailopsError(f"{source.host.name}: LIST refused for {user}")
+    for flags, sep, name in _listed(data):
+        if "\\noselect" in flags.lower():
+            continue
+        typ, selected = imap.select(quoted(name), readonly=True)
+        if typ != "OK":
+            raise MailopsError(f"{source.host.name}: {user}'s {name} does not open: "
+                               f"{selected}")
+        yield name, sep, int(selected[0])
+        imap.close()
 
 
 @dataclass
@@ -359,3 +373,239 @@ def plan(inventory: Inventory, source_name: str) -> MigratePlan:
     return MigratePlan(source.host.name, source.server, source.domain, boxes, mx, ttl,
                        changes, advice)
 
+
+
+# ------------------------------------------------------------------ sync
+
+MIGRATE_CONF = "/etc/dovecot/mailops-migrate-{source}.conf"  # root only: the admin password
+SYNC_TRIES = 3  # doveadm's exit 2: "run again", it usually finishes the job
+
+
+def _imapc_conf(source: Source) -> str:
+    """A doveadm configuration that reads the legacy server: the node's own
+    configuration, plus imapc with the admin (master) login."""
+    ssl_mode = {"none": "no", "starttls": "starttls", "imaps": "imaps"}[source.tls]
+    lines = ["# Managed by mailops (migrate): how this node reads "
+             f"{source.host.name}. Root only: it holds the admin's password.",
+             "!include /etc/dovecot/dovecot.conf",
+             f"imapc_host = {source.host.address}",
+             f"imapc_port = {source.port}",
+             f"imapc_ssl = {ssl_mode}",
+             # A legacy box's certificate is rarely one a node can verify.
+             "imapc_ssl_verify = no",
+             f"imapc_master_user = {source.admin_user}",
+             f"imapc_password = {source.admin_password}",
+             "imapc_features = rfc822.size fetch-headers",
+             "mail_prefetch_count = 20"]
+    if source.server == "cyrus":
+        # Cyrus without the alternate namespace shows folders under INBOX.
+        lines.append("imapc_list_prefix = INBOX")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class SyncRow:
+    user: str
+    address: str
+    node: str
+    result: str  # ok, or what went wrong
+    tries: int
+    seconds: float
+
+
+def _sync_user(inventory: Inventory, source: Source, node: Host, user: str,
+               address: str) -> tuple[str, int]:
+    """One user pulled from the legacy server into its home node (`doveadm
+    backup -R` over imapc: a mailbox that is still empty takes the legacy
+    folders' UIDVALIDITY and UIDs). Niced, and one user at a time: the old
+    server stays usable."""
+    conf = MIGRATE_CONF.format(source=source.host.name)
+    cmd = (f"nice -n 10 doveadm -c {conf} -o imapc_user={user} backup -R -u {address} "
+           "imapc:")
+    for tries in range(1, SYNC_TRIES + 1):
+        res = remote.run(inventory, node, cmd, timeout=3600)
+        if res.returncode == 0:
+            return "ok", tries
+        if res.returncode != 2:
+            return (f"FAILED (exit {res.returncode}): "
+                    f"{(res.stderr or res.stdout).strip().splitlines()[-1:]}"), tries
+    return f"FAILED: doveadm asked for another run {SYNC_TRIES} times", SYNC_TRIES
+
+
+def sync(inventory: Inventory, source_name: str) -> tuple[list[SyncRow], Parity]:
+    """Every legacy mailbox pulled into its home node, then the parity."""
+    source = source_of(inventory, source_name)
+    step("migrate", source.host.name, f"listing the users ({source.admin_user})")
+    users = list_users(source)
+    model = load_mail_model(inventory)
+    home = homes(inventory, model)
+    missing = [source.address(u) for u in users if source.address(u).lower() not in home]
+    if missing:
+        raise MailopsError(
+            f"{inventory.path}/group_vars/all/{MAIL_FILE}: mailops_mailboxes: "
+            f"{', '.join(missing)} not in the mail model\n  fix: add them (and "
+            f"{source.domain} to mailops_domains), `deploy.py up`, then sync again; nothing "
+            "was copied")
+    nodes = {h.name: h for h in inventory.group("mail")}
+    conf = MIGRATE_CONF.format(source=source.host.name)
+    written: set[str] = set()
+    rows = []
+    for user in users:
+        address = source.address(user).lower()
+        t0 = time.monotonic()
+        result, tries, used = "FAILED: no node of its pair answers", 0, "-"
+        for name in home[address].nodes:
+            node = nodes[name]
+            if name not in written:
+                res = remote.run(inventory, node, f"umask 077 && cat > {conf}.new && "
+                                 f"mv {conf}.new {conf}", stdin=_imapc_conf(source))
+                if res.returncode != 0:
+                    continue
+                written.add(name)
+            step("migrate", name, f"{user} -> {address}")
+            result, tries = _sync_user(inventory, source, node, user, address)
+            used = name
+            break
+        rows.append(SyncRow(user, address, used, result, tries, time.monotonic() - t0))
+    return rows, parity(inventory, source, users)
+
+
+# ---------------------------------------------------------------- parity
+
+@dataclass
+class FolderParity:
+    user: str
+    folder: str  # as the cluster names it (UTF-8, "/" between levels)
+    legacy: int
+    cluster: int
+    missing: int  # messages of the legacy folder not in the cluster's
+    extra: int  # messages in the cluster's folder not in the legacy one
+    flags_differ: int
+
+    @property
+    def equal(self) -> bool:
+        return not (self.missing or self.extra or self.flags_differ) and \
+            self.legacy == self.cluster
+
+
+@dataclass
+class Parity:
+    folders: list[FolderParity]
+
+    @property
+    def equal(self) -> bool:
+        return all(f.equal for f in self.folders)
+
+    def table(self) -> str:
+        rows = [(f.user, f.folder, f.legacy, f.cluster, f.missing, f.extra, f.flags_differ,
+                 "equal" if f.equal else "DIFFERENT") for f in self.folders]
+        verdict = ("every folder is equal" if self.equal else
+                   f"{sum(not f.equal for f in self.folders)} folder(s) differ")
+        return "\n".join([table(("user", "folder", "legacy", "cluster", "missing", "extra",
+                                 "flags differ", "parity"), rows), "", f"parity: {verdict}"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"equal": self.equal, "folders": [{**f.__dict__, "equal": f.equal}
+                                                  for f in self.folders]}
+
+
+def identity(msgid: str, header: bytes) -> str:
+    """A message's identity: its Message-ID, or its header's digest."""
+    msgid = msgid.strip()
+    if msgid:
+        return msgid
+    text = header.replace(b"\r\n", b"\n").rstrip(b"\n")
+    return "sha256:" + hashlib.sha256(text).hexdigest()
+
+
+def cluster_name(source: Source, name: str, sep: str) -> str:
+    """A legacy folder's name as the cluster names it."""
+    if source.server == "cyrus" and name.upper().startswith("INBOX" + sep):
+        name = name[len("INBOX") + len(sep):]
+    return "/".join(imap_name(part) if "&" in part else part for part in name.split(sep))
+
+
+def _legacy_messages(source: Source, user: str) -> dict[str, Counter]:
+    """folder (cluster naming) -> Counter of (identity, flags)."""
+    imap = connect(source, user)
+    out: dict[str, Counter] = {}
+    try:
+        for name, sep, count in _each_folder(imap, source, user):
+            got: Counter = Counter()
+            typ, items = imap.fetch("1:*", "(FLAGS BODY.PEEK[HEADER])") if count else ("OK", [])
+            for item in items or []:
+                if not isinstance(item, tuple):
+                    continue
+                found = re.search(rb"FLAGS \(([^)]*)\)", item[0])
+                mflags = " ".join(sorted(set((found[1] if found else b"").decode().split())
+                                         - {"\\Recent"}))
+                msgid = re.search(rb"(?im)^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", item[1])
+                ident = identity(msgid[1].decode(errors="replace") if msgid else "", item[1])
+                got[(ident, mflags)] += 1
+            out[cluster_name(source, name, sep or ".")] = got
+    finally:
+        imap.logout()
+    return out
+
+
+def _cluster_messages(inventory: Inventory, node: Host, address: str) -> dict[str, Counter]:
+    res = remote.run(inventory, node, f"doveadm -f json fetch -u {address} "
+                     "'mailbox flags hdr.message-id hdr' all", timeout=900)
+    if res.returncode != 0:
+        raise MailopsError(f"{node.name}: reading {address} failed: {res.stderr.strip()[:300]}")
+    out: dict[str, Counter] = {}
+    listed = remote.run(inventory, node, f"doveadm mailbox list -u {address}")
+    for name in listed.stdout.splitlines():
+        out.setdefault(name.strip(), Counter())
+    for m in json.loads(res.stdout or "[]"):
+        flags = " ".join(sorted(set(m["flags"].split()) - {"\\Recent"}))
+        ident = identity(m["hdr.message-id"], m["hdr"].encode())
+        out.setdefault(m["mailbox"], Counter())[(ident, flags)] += 1
+    return out
+
+
+def parity(inventory: Inventory, source: Source, users: list[str]) -> Parity:
+    """Per user and folder: counts, the identities (Message-ID, or a header
+    digest) and flags compared, legacy against the home node."""
+    model = load_mail_model(inventory)
+    home = homes(inventory, model)
+    nodes = {h.name: h for h in inventory.group("mail")}
+    folders = []
+    for user in users:
+        address = source.address(user).lower()
+        step("migrate", source.host.name, f"parity of {user}")
+        legacy = _legacy_messages(source, user)
+        cluster: dict[str, Counter] | None = None
+        errors = []
+        for name in home[address].nodes:
+            try:
+                cluster = _cluster_messages(inventory, nodes[name], address)
+                break
+            except MailopsError as e:
+                errors.append(str(e))
+        if cluster is None:
+            raise MailopsError(f"{address}: no node of its pair could be read:\n"
+                               + "\n".join(errors))
+        for folder in sorted(set(legacy) | set(cluster)):
+            if folder not in legacy and not cluster[folder]:
+                continue  # an empty folder the cluster makes for every mailbox
+            folders.append(compare_folder(user, folder, legacy.get(folder, Counter()),
+                                          cluster.get(folder, Counter())))
+    return Parity(folders)
+
+
+def compare_folder(user: str, folder: str, legacy: Counter, cluster: Counter) -> FolderParity:
+    """One folder's parity from both sides' Counters of (identity, flags):
+    identities compared as multisets (a Message-ID twice must be there
+    twice), then, of the matched ones, how many differ in flags."""
+    ids_legacy: Counter = Counter()
+    for (ident, _), n in legacy.items():
+        ids_legacy[ident] += n
+    ids_cluster: Counter = Counter()
+    for (ident, _), n in cluster.items():
+        ids_cluster[ident] += n
+    matched = sum((ids_legacy & ids_cluster).values())
+    same_flags = sum((legacy & cluster).values())
+    return FolderParity(user, folder, sum(legacy.values()), sum(cluster.values()),
+                        sum((ids_legacy - ids_cluster).values()),
+                        sum((ids_cluster - ids_legacy).values()), matched - same_flags)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from mailops.verify.mailclient import message
-from tests.conftest import deploy
+from tests.conftest import deploy, message_ids
 
 pytestmark = pytest.mark.lab
 
@@ -84,11 +84,13 @@ def _counted(address: str, password: str) -> dict[str, dict[str, int]]:
 def legacy(node, lab_inventory):
     """The lab with legacy1 in it, seeded; put back afterwards."""
     from mailops.core.paths import vault_file
+    from mailops.inventory import remote
     from mailops.inventory.model import load_inventory
     from mailops.secrets.vault import load_secrets
 
     hosts_file = Path(lab_inventory) / "hosts.yml"
-    before = hosts_file.read_text()
+    mail_file = Path(lab_inventory) / "group_vars" / "all" / "mail.yml"
+    before, mail_before = hosts_file.read_text(), mail_file.read_text()
     inv = str(lab_inventory)
     try:
         hosts = yaml.safe_load(before)
@@ -109,8 +111,60 @@ def legacy(node, lab_inventory):
         yield address, password
     finally:
         hosts_file.write_text(before)
+        mail_file.write_text(mail_before)
         deploy("lab", "up", "-i", inv)  # removes legacy1
         deploy("bootstrap", "-i", inv)  # and its name from the others' /etc/hosts
+        deploy("converge", "-i", inv, timeout=1800)  # and example.org, if it was added
+        loaded = load_inventory(lab_inventory)
+        for host in loaded.group("mail"):
+            remote.run(loaded, host, f"rm -rf /var/vmail/{DOMAIN}")
+
+
+def _serve_the_domain(lab_inventory) -> None:
+    """example.org and its three mailboxes in the mail model, converged."""
+    mail_file = Path(lab_inventory) / "group_vars" / "all" / "mail.yml"
+    model = yaml.safe_load(mail_file.read_text())
+    if DOMAIN in model["mailops_domains"]:
+        return
+    model["mailops_domains"].append(DOMAIN)
+    model["mailops_mailboxes"] += [{"address": f"{u}@{DOMAIN}", "quota": "100M"}
+                                   for u in USERS]
+    mail_file.write_text(yaml.safe_dump(model, sort_keys=False))
+    deploy("converge", "-i", str(lab_inventory), timeout=1800)
+
+
+def _legacy_view(address: str, password: str, user: str) -> dict[str, dict[str, str]]:
+    """folder (as the cluster will name it) -> Message-ID -> flags, read on
+    the legacy server by the test's own client."""
+    from mailops.ops.backup import imap_name
+
+    imap = _admin_for(address, user, password)
+    out = {}
+    for folder in FOLDERS:
+        name = folder.removeprefix("INBOX.") if folder != "INBOX" else folder
+        name = "/".join(imap_name(p) for p in name.split("."))
+        out[name] = message_ids(imap, folder)
+    imap.logout()
+    return out
+
+
+def _cluster_view(node, lab_inventory, user: str) -> dict[str, dict[str, str]]:
+    """The same, read through the balancer with the mailbox's own password."""
+    from mailops.core.paths import vault_file
+    from mailops.inventory.model import load_inventory
+    from mailops.ops.backup import imap_name
+    from mailops.secrets.vault import load_secrets
+
+    inv = load_inventory(lab_inventory)
+    secrets = load_secrets(vault_file(inv.path), inv.vault_password_file)
+    address = f"{user}@{DOMAIN}"
+    imap = node.endpoint.imap(address, secrets.mailboxes[address]["password"])
+    out = {}
+    for folder in FOLDERS:
+        path = folder.removeprefix("INBOX.").replace(".", "/") if folder != "INBOX" else folder
+        out["/".join(imap_name(p) for p in path.split("/"))] = message_ids(imap, path)
+    imap.logout()
+    return out
 
 
 def test_migrate_plan_finds_every_mailbox_and_folder(legacy, lab_inventory):
@@ -170,3 +224,52 @@ def test_migrate_from_a_host_that_is_not_legacy_or_with_a_wrong_password(legacy,
         # The converge puts the vault's password back.
         deploy("converge", "-i", str(lab_inventory), timeout=1800)
     _counted(address, password)  # the admin logs in again
+
+
+def test_migrate_sync_brings_every_message_once_with_its_flags(legacy, node, lab_inventory):
+    """Sync into the cluster: every message of every folder, once, with its
+    flags, as the test's own clients read both sides; UIDVALIDITY kept; a
+    second sync changes nothing; a message that reaches the legacy server
+    afterwards comes with the next sync."""
+    address, password = legacy
+    res = deploy("migrate", "sync", "--from", LEGACY, "-i", str(lab_inventory), check=False)
+    assert res.returncode == 1 and "not in the mail model" in res.stderr
+    assert f"add them (and {DOMAIN} to mailops_domains)" in res.stderr
+
+    _serve_the_domain(lab_inventory)
+    res = deploy("migrate", "sync", "--from", LEGACY, "-i", str(lab_inventory), "--json")
+    report = json.loads(res.stdout)
+    assert [r["result"] for r in report["synced"]] == ["ok"] * len(USERS)
+    assert report["parity"]["equal"]
+    for user in USERS:
+        legacy_side = _legacy_view(address, password, user)
+        assert sum(len(f) for f in legacy_side.values()) == PER_USER
+        assert _cluster_view(node, lab_inventory, user) == legacy_side
+
+    planned = json.loads(deploy("migrate", "plan", "--from", LEGACY, "-i",
+                                str(lab_inventory), "--json").stdout)
+    from mailops.inventory import remote
+    from mailops.inventory.model import load_inventory
+
+    inv = load_inventory(lab_inventory)
+    erin = next(m for m in planned["mailboxes"] if m["user"] == "erin")
+    assert erin["home"] in {h.name for h in inv.group("mail")}
+    for folder in erin["folders"]:
+        # doveadm names folders in UTF-8.
+        name = folder["display"]
+        name = name.removeprefix("INBOX.").replace(".", "/") if name != "INBOX" else name
+        status = remote.run(inv, inv.host(erin["home"]),
+                            f"doveadm mailbox status -u erin@{DOMAIN} uidvalidity '{name}'")
+        assert f"uidvalidity={folder['uidvalidity']}" in status.stdout, (name, status)
+
+    # Incremental: a new legacy message comes over, nothing else changes.
+    imap = _admin_for(address, "erin", password)
+    late = message(f"erin@{DOMAIN}", [f"erin@{DOMAIN}"], "legacy late")
+    assert imap.append("INBOX", r"(\Flagged)", None, late.as_bytes())[0] == "OK"
+    imap.logout()
+    again = json.loads(deploy("migrate", "sync", "--from", LEGACY, "-i", str(lab_inventory),
+                              "--json").stdout)
+    assert again["parity"]["equal"]
+    inbox = _cluster_view(node, lab_inventory, "erin")["INBOX"]
+    assert inbox[late["Message-ID"]] == r"\Flagged"
+    assert len(inbox) == len(_legacy_view(address, password, "erin")["INBOX"])

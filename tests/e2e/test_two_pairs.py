@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from mailops.verify.mailclient import message
-from tests.conftest import deploy
+from tests.conftest import deploy, message_ids
 
 pytestmark = pytest.mark.lab
 
@@ -33,20 +33,6 @@ def _session_node(imap: imaplib.IMAP4) -> str:
     text = b" ".join(d for d in ids if isinstance(d, bytes)).decode()
     found = re.search(r'"x-mailops-node" "([^"]*)"', text)
     return found[1] if found else ""
-
-
-def _message_ids(imap: imaplib.IMAP4, folder: str) -> dict[str, str]:
-    """Message-ID -> flags of every message in a folder."""
-    imap.select(f'"{folder}"', readonly=True)
-    typ, data = imap.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
-    found = {}
-    for item in data:
-        if isinstance(item, tuple):
-            flags = re.search(rb"FLAGS \(([^)]*)\)", item[0])
-            msgid = item[1].decode().split(":", 1)[1].strip()
-            # \Recent belongs to a session, not to the message.
-            found[msgid] = " ".join(sorted(set(flags[1].decode().split()) - {"\\Recent"}))
-    return found
 
 
 def _stored_on(inv, host, user: str, subject: str) -> int:
@@ -107,7 +93,7 @@ def test_a_mailbox_moved_to_the_second_pair_is_stored_only_there(node, lab_inven
                 smtp.send_message(msg)
                 sent.append(msg["Message-ID"])
         imap = node.endpoint.imap(user, password)
-        _wait(lambda: len(_message_ids(imap, "INBOX").keys() & set(sent)) == SEEDED, 60,
+        _wait(lambda: len(message_ids(imap, "INBOX").keys() & set(sent)) == SEEDED, 60,
               "the seeded messages in INBOX")
         imap.create(f'"{folder}"')
         imap.select("INBOX")
@@ -115,7 +101,7 @@ def test_a_mailbox_moved_to_the_second_pair_is_stored_only_there(node, lab_inven
         ids = data[0].split()[-SEEDED:]
         imap.copy(b",".join(ids[:10]).decode(), f'"{folder}"')
         imap.store(b",".join(ids[:5]).decode(), "+FLAGS", r"(\Seen \Flagged)")
-        before = {f: _message_ids(imap, f) for f in ("INBOX", folder)}
+        before = {f: message_ids(imap, f) for f in ("INBOX", folder)}
         assert len(before[folder]) == 10
         imap.select("INBOX")
         assert _session_node(imap) == old_home
@@ -130,7 +116,7 @@ def test_a_mailbox_moved_to_the_second_pair_is_stored_only_there(node, lab_inven
                 time.sleep(0.5)
         imap = node.endpoint.imap(user, password)  # reconnects through the balancer
         assert _session_node(imap) == "mail3"
-        after = {f: _message_ids(imap, f) for f in ("INBOX", folder)}
+        after = {f: message_ids(imap, f) for f in ("INBOX", folder)}
         # Every message of the mailbox is there (the move checked each by
         # GUID too); this run's messages with their flags, the folder whole.
         assert before["INBOX"].keys() <= after["INBOX"].keys()
@@ -166,5 +152,5 @@ def test_a_mailbox_moved_to_the_second_pair_is_stored_only_there(node, lab_inven
     lab = Lab(inv)
     assert not any((lab.dir / "hosts" / n).exists() for n in NEW_NODES)  # `lab up` removed them
     imap = node.endpoint.imap(user, password)
-    assert _message_ids(imap, folder) == before[folder]  # back, nothing lost
+    assert message_ids(imap, folder) == before[folder]  # back, nothing lost
     imap.logout()
