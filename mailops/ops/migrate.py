@@ -54,6 +54,7 @@ class Source:
     tls: str
     admin_user: str
     admin_password: str = field(repr=False)
+    pop3_port: int = 0  # its POP3 server, whose UIDLs the sync keeps; 0: none
 
     def address(self, user: str) -> str:
         """A legacy login as the cluster's address: users without a domain
@@ -90,6 +91,9 @@ def source_of(inventory: Inventory, name: str) -> Source:
     port = values.get("port", 993 if tls == "imaps" else 143)
     if not isinstance(port, int) or not 0 < port < 65536:
         problems.append(f"{key}.port: {port!r} is not a port number")
+    pop3_port = values.get("pop3_port", 995 if tls == "imaps" else 110)
+    if not isinstance(pop3_port, int) or not 0 <= pop3_port < 65536:
+        problems.append(f"{key}.pop3_port: {pop3_port!r} is not a port number (0: no POP3)")
     admin = values.get("admin_user", "cyrus" if server == "cyrus" else None)
     if not isinstance(admin, str) or not admin:
         problems.append(f"{key}.admin_user: the admin (master) login is missing")
@@ -102,7 +106,7 @@ def source_of(inventory: Inventory, name: str) -> Source:
                            f"{MIGRATE_ADMIN_PASSWORD} is missing: the password of {admin} on "
                            f"{name}\n  fix: ansible-vault edit that file and add it under "
                            "vault_extra")
-    return Source(legacy[name], server, domain, port, tls, admin, password)
+    return Source(legacy[name], server, domain, port, tls, admin, password, pop3_port)
 
 
 def _vault_extra(inventory: Inventory) -> dict[str, Any]:
@@ -400,6 +404,28 @@ def _imapc_conf(source: Source) -> str:
     if source.server == "cyrus":
         # Cyrus without the alternate namespace shows folders under INBOX.
         lines.append("imapc_list_prefix = INBOX")
+    if source.pop3_port:
+        # POP3 clients keep their UIDLs: pop3_migration reads each INBOX
+        # message's UIDL from the legacy POP3 server (matched by header)
+        # and the sync stores it, which Dovecot's POP3 then answers with.
+        pop3_ssl = {"none": "no", "starttls": "starttls", "imaps": "pop3s"}[source.tls]
+        lines += ["mail_plugins = $mail_plugins pop3_migration",
+                  f"pop3c_host = {source.host.address}",
+                  f"pop3c_port = {source.pop3_port}",
+                  f"pop3c_ssl = {pop3_ssl}",
+                  "pop3c_ssl_verify = no",
+                  f"pop3c_master_user = {source.admin_user}",
+                  f"pop3c_password = {source.admin_password}",
+                  "namespace pop3_migration {",
+                  "  prefix = POP3-MIGRATION-NS/",
+                  "  separator = /",
+                  "  location = pop3c:",
+                  "  list = no",
+                  "  hidden = yes",
+                  "}",
+                  "plugin {",
+                  "  pop3_migration_mailbox = POP3-MIGRATION-NS/INBOX",
+                  "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -420,7 +446,8 @@ def _sync_user(inventory: Inventory, source: Source, node: Host, user: str,
     folders' UIDVALIDITY and UIDs). Niced, and one user at a time: the old
     server stays usable."""
     conf = MIGRATE_CONF.format(source=source.host.name)
-    cmd = (f"nice -n 10 doveadm -c {conf} -o imapc_user={user} backup -R -u {address} "
+    pop3 = f"-o pop3c_user={user} " if source.pop3_port else ""
+    cmd = (f"nice -n 10 doveadm -c {conf} -o imapc_user={user} {pop3}backup -R -u {address} "
            "imapc:")
     for tries in range(1, SYNC_TRIES + 1):
         res = remote.run(inventory, node, cmd, timeout=3600)

@@ -167,6 +167,32 @@ def _cluster_view(node, lab_inventory, user: str) -> dict[str, dict[str, str]]:
     return out
 
 
+def _legacy_uidls(address: str, password: str, user: str) -> list[str]:
+    """A POP3 user's UIDLs on the legacy server (the admin acting for it)."""
+    import poplib
+
+    pop = poplib.POP3(address, 110, timeout=30)
+    creds = base64.b64encode(f"{user}\0cyrus\0{password}".encode()).decode()
+    pop._shortcmd(f"AUTH PLAIN {creds}")
+    uidls = sorted(line.split()[1].decode() for line in pop.uidl()[1])
+    pop.quit()
+    return uidls
+
+
+def _cluster_uidls(node, lab_inventory, user: str) -> list[str]:
+    from mailops.core.paths import vault_file
+    from mailops.inventory.model import load_inventory
+    from mailops.secrets.vault import load_secrets
+
+    inv = load_inventory(lab_inventory)
+    secrets = load_secrets(vault_file(inv.path), inv.vault_password_file)
+    address = f"{user}@{DOMAIN}"
+    pop = node.endpoint.pop3(address, secrets.mailboxes[address]["password"])
+    uidls = sorted(line.split()[1].decode() for line in pop.uidl()[1])
+    pop.quit()
+    return uidls
+
+
 def test_migrate_plan_finds_every_mailbox_and_folder(legacy, lab_inventory):
     address, password = legacy
     counted = _counted(address, password)
@@ -245,6 +271,11 @@ def test_migrate_sync_brings_every_message_once_with_its_flags(legacy, node, lab
         legacy_side = _legacy_view(address, password, user)
         assert sum(len(f) for f in legacy_side.values()) == PER_USER
         assert _cluster_view(node, lab_inventory, user) == legacy_side
+        # POP3 clients see the same UIDLs (Cyrus's UIDVALIDITY.UID), so
+        # they download nothing again.
+        uidls = _legacy_uidls(address, password, user)
+        assert len(uidls) == len(legacy_side["INBOX"]) and "." in uidls[0]
+        assert _cluster_uidls(node, lab_inventory, user) == uidls
 
     planned = json.loads(deploy("migrate", "plan", "--from", LEGACY, "-i",
                                 str(lab_inventory), "--json").stdout)
@@ -273,3 +304,5 @@ def test_migrate_sync_brings_every_message_once_with_its_flags(legacy, node, lab
     inbox = _cluster_view(node, lab_inventory, "erin")["INBOX"]
     assert inbox[late["Message-ID"]] == r"\Flagged"
     assert len(inbox) == len(_legacy_view(address, password, "erin")["INBOX"])
+    assert _cluster_uidls(node, lab_inventory, "erin") == \
+        _legacy_uidls(address, password, "erin")

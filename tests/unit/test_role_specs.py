@@ -371,8 +371,11 @@ def test_site_values_pass_the_specs(inventory, tmp_path):
     }
     # Nothing leaves this machine: every host is run locally (and no task connects).
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    # After `deploy.py up` the lab's inventory has its vault.
+    vault = ["--vault-password-file", str(inv.vault_password_file)] \
+        if inv.vault_password_file.exists() else []
     res = _run(tmp_path, [play], ROOT / "inventories" / inventory,
-               "-e", f"@{site}", "-e", json.dumps(local))
+               "-e", f"@{site}", "-e", json.dumps(local), *vault)
     assert res.returncode == 0, f"ansible-playbook failed:\n{res.stdout}\n{res.stderr}"
     validated: set[str] = set()
     failures = []
