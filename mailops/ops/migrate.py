@@ -34,7 +34,7 @@ from mailops.inventory.model import Host, Inventory
 from mailops.ops.backup import imap_name
 from mailops.secrets.vault import load_secrets
 from mailops.secrets.wanted import MIGRATE_ADMIN_PASSWORD
-from mailops.site.homes import homes
+from mailops.site.homes import Home, homes
 from mailops.site.mailmodel import MAIL_FILE, load_mail_model
 
 SOURCE_KEY = "mailops_legacy"  # host var of a legacy host: how to read it
@@ -191,10 +191,9 @@ def list_users(source: Source) -> list[str]:
         if source.server == "cyrus":
             typ, data = imap.list('""', "user.%")
             prefix = "user."
-        else:  # Dovecot: the admin lists users with doveadm, not IMAP
-            raise MailopsError(f"{source.host.name}: listing a Dovecot server's users over "
-                               "IMAP is not built yet; list them under "
-                               f"{SOURCE_KEY}.users")
+        else:  # a Dovecot admin sees only its own folders over IMAP
+            raise MailopsError(f"{source.host.name}: reading a Dovecot server's users is not "
+                               f"built yet; only {SOURCE_KEY}.server: cyrus can be moved now")
         if typ != "OK":
             raise MailopsError(f"{source.host.name}: LIST refused for {source.admin_user}")
         return sorted(name.removeprefix(prefix) for _, _, name in _listed(data)
@@ -464,15 +463,7 @@ def sync(inventory: Inventory, source_name: str) -> tuple[list[SyncRow], Parity]
     source = source_of(inventory, source_name)
     step("migrate", source.host.name, f"listing the users ({source.admin_user})")
     users = list_users(source)
-    model = load_mail_model(inventory)
-    home = homes(inventory, model)
-    missing = [source.address(u) for u in users if source.address(u).lower() not in home]
-    if missing:
-        raise MailopsError(
-            f"{inventory.path}/group_vars/all/{MAIL_FILE}: mailops_mailboxes: "
-            f"{', '.join(missing)} not in the mail model\n  fix: add them (and "
-            f"{source.domain} to mailops_domains), `deploy.py up`, then sync again; nothing "
-            "was copied")
+    home = _homes_of(inventory, source, users)
     nodes = {h.name: h for h in inventory.group("mail")}
     conf = MIGRATE_CONF.format(source=source.host.name)
     written: set[str] = set()
@@ -494,7 +485,21 @@ def sync(inventory: Inventory, source_name: str) -> tuple[list[SyncRow], Parity]
             used = name
             break
         rows.append(SyncRow(user, address, used, result, tries, time.monotonic() - t0))
-    return rows, parity(inventory, source, users)
+    return rows, parity(inventory, source, users, home)
+
+
+def _homes_of(inventory: Inventory, source: Source, users: list[str]) -> dict[str, Home]:
+    """Each legacy user's home in the cluster; an error naming the fix while
+    one is not in the mail model (before anything is copied or read)."""
+    home = homes(inventory, load_mail_model(inventory))
+    missing = [source.address(u) for u in users if source.address(u).lower() not in home]
+    if missing:
+        raise MailopsError(
+            f"{inventory.path}/group_vars/all/{MAIL_FILE}: mailops_mailboxes: "
+            f"{', '.join(missing)} not in the mail model\n  fix: add them (and "
+            f"{source.domain} to mailops_domains), `deploy.py up`, then sync again; nothing "
+            "was copied")
+    return home
 
 
 # ---------------------------------------------------------------- parity
@@ -591,11 +596,11 @@ def _cluster_messages(inventory: Inventory, node: Host, address: str) -> dict[st
     return out
 
 
-def parity(inventory: Inventory, source: Source, users: list[str]) -> Parity:
+def parity(inventory: Inventory, source: Source, users: list[str],
+           home: dict[str, Home] | None = None) -> Parity:
     """Per user and folder: counts, the identities (Message-ID, or a header
     digest) and flags compared, legacy against the home node."""
-    model = load_mail_model(inventory)
-    home = homes(inventory, model)
+    home = home if home is not None else _homes_of(inventory, source, users)
     nodes = {h.name: h for h in inventory.group("mail")}
     folders = []
     for user in users:

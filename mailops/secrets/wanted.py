@@ -13,6 +13,7 @@ from mailops.core.errors import MailopsError
 from mailops.core.paths import vault_file
 from mailops.core.progress import step
 from mailops.inventory.model import Inventory, load_inventory
+from mailops.secrets.pki import random_password
 from mailops.secrets.vault import ensure_secrets as complete_vault
 from mailops.secrets.vault import ensure_vault_password_file
 from mailops.site import mtasts
@@ -31,10 +32,6 @@ def new_tsig_secret() -> str:
     return base64.b64encode(_random.token_bytes(32)).decode("ascii")
 
 
-def new_password() -> str:
-    return _random.token_urlsafe(18)
-
-
 def wanted_extra(inventory: Inventory) -> dict[str, Callable[[], str]]:
     """vault_extra entries to generate: the TSIG key, when the inventory runs
     its own name server (a `dns` host); in a lab with a legacy server (the
@@ -46,10 +43,10 @@ def wanted_extra(inventory: Inventory) -> dict[str, Callable[[], str]]:
         wanted[TSIG_PREFIX + tsig_key_name(inventory)] = new_tsig_secret
     if inventory.lab is not None:
         for host in inventory.group("legacy"):
-            wanted[MIGRATE_ADMIN_PASSWORD] = new_password
+            wanted[MIGRATE_ADMIN_PASSWORD] = random_password
             users = inventory.variables.get(host.name, {}).get("mailops_legacy_users", [])
             for user in users if isinstance(users, list) else []:
-                wanted[LEGACY_USER_PREFIX + str(user)] = new_password
+                wanted[LEGACY_USER_PREFIX + str(user)] = random_password
     return wanted
 
 

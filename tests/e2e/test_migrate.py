@@ -261,6 +261,8 @@ def test_migrate_sync_brings_every_message_once_with_its_flags(legacy, node, lab
     res = deploy("migrate", "sync", "--from", LEGACY, "-i", str(lab_inventory), check=False)
     assert res.returncode == 1 and "not in the mail model" in res.stderr
     assert f"add them (and {DOMAIN} to mailops_domains)" in res.stderr
+    res = deploy("migrate", "parity", "--from", LEGACY, "-i", str(lab_inventory), check=False)
+    assert res.returncode == 1 and "not in the mail model" in res.stderr
 
     _serve_the_domain(lab_inventory)
     res = deploy("migrate", "sync", "--from", LEGACY, "-i", str(lab_inventory), "--json")
