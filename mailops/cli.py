@@ -73,8 +73,12 @@ def _parser() -> argparse.ArgumentParser:
 
     mg = sub.add_parser("migrate", help="move an on-premises mail server into the cluster: "
                                         "plan (read it, say what the move involves), sync "
-                                        "(pull every mailbox, repeatable), parity (compare)")
-    mg.add_argument("action", choices=["plan", "sync", "parity"])
+                                        "(pull every mailbox, repeatable), parity (compare), "
+                                        "cutover (switch the domain to the cluster), finish "
+                                        "(after the old MX TTL: last sync, queue, summary)")
+    mg.add_argument("action", choices=["plan", "sync", "parity", "cutover", "finish"])
+    mg.add_argument("--force", action="store_true",
+                    help="(cutover) despite a long MX TTL; (finish) before the old TTL passed")
     mg.add_argument("--from", dest="source", required=True, metavar="HOST",
                     help="the legacy server (a host of the group legacy)")
     mg.add_argument("--json", action="store_true")
@@ -182,11 +186,21 @@ def _up(inventory, rebuild: bool, as_json: bool) -> int:
     return 0 if result.verify.ok else 1
 
 
-def _migrate(inventory, action: str, source: str, as_json: bool) -> int:
+def _migrate(inventory, action: str, source: str, as_json: bool, force: bool) -> int:
     from mailops.core.progress import table
     from mailops.ops import migrate
 
     t0 = time.monotonic()
+    if action in ("cutover", "finish"):
+        report = (migrate.cutover if action == "cutover" else migrate.finish)(
+            inventory, source, force)
+        if as_json:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            print(report.text())
+            print(f"\nmigrate {action}: {'done' if report.ok else 'NOT DONE'} in "
+                  f"{time.monotonic() - t0:.1f} s")
+        return 0 if report.ok else 1
     if action == "plan":
         planned = migrate.plan(inventory, source)
         print(json.dumps(planned.to_dict(), indent=2) if as_json else planned.text())
@@ -198,7 +212,8 @@ def _migrate(inventory, action: str, source: str, as_json: bool) -> int:
         rows, parity = migrate.sync(inventory, source)
     else:
         src = migrate.source_of(inventory, source)
-        parity = migrate.parity(inventory, src, migrate.list_users(src))
+        parity = migrate.parity(inventory, src, migrate.list_users(src),
+                                contained=migrate.move_of(inventory, src).stage != "syncing")
     synced = all(r.result == "ok" for r in rows)
     if as_json:
         print(json.dumps({"synced": [r.__dict__ for r in rows], "parity": parity.to_dict()},
@@ -297,7 +312,7 @@ def main(argv: list[str]) -> int:
                 print(f"\nmove-mailbox: done in {time.monotonic() - t0:.1f} s")
             return 0 if moved.ok else 1
         elif args.command == "migrate":
-            return _migrate(inventory, args.action, args.source, args.json)
+            return _migrate(inventory, args.action, args.source, args.json, args.force)
         elif args.command == "rebuild":
             from mailops.ops.rebuild import rebuild
 

@@ -105,7 +105,7 @@ class _Planned:
     reads: tuple[int, ...]  # round trips each zone's read took
 
 
-def _plan_all(inventory: Inventory) -> _Planned:
+def _plan_all(inventory: Inventory, adopt: frozenset[str] = frozenset()) -> _Planned:
     cfg = settings(inventory)
     model = load_mail_model(inventory)
     secrets = read_secrets(inventory)
@@ -114,23 +114,27 @@ def _plan_all(inventory: Inventory) -> _Planned:
     plans, reads = [], []
     for zone, records in desired.items():
         before = provider.round_trips
-        plans.append(make_plan(zone, records, provider.current(zone), cfg.owner))
+        plans.append(make_plan(zone, records, provider.current(zone), cfg.owner,
+                               adopt=zone in adopt))
         reads.append(provider.round_trips - before)
         step("dns", zone, plans[-1].summary().split(": ", 1)[1])
     return _Planned(cfg, provider, tuple(plans), tuple(reads))
 
 
-def plan(inventory: Inventory) -> list[Plan]:
-    """What apply would change, zone by zone; changes nothing anywhere."""
-    return list(_plan_all(inventory).plans)
+def plan(inventory: Inventory, adopt: frozenset[str] = frozenset()) -> list[Plan]:
+    """What apply would change, zone by zone; changes nothing anywhere.
+    adopt: zones whose records without an owner marker are taken over (a
+    domain moved in, whose old records point at its legacy server)."""
+    return list(_plan_all(inventory, adopt).plans)
 
 
 class DnsApplyError(MailopsError):
     """An apply that stopped part way: what was applied, what was not."""
 
 
-def apply(inventory: Inventory, force: bool = False) -> list[Published]:
-    planned = _plan_all(inventory)
+def apply(inventory: Inventory, force: bool = False,
+          adopt: frozenset[str] = frozenset()) -> list[Published]:
+    planned = _plan_all(inventory, adopt)
     cfg, provider = planned.cfg, planned.provider
     refusals = []
     for p in planned.plans:

@@ -14,6 +14,7 @@ from mailops.secrets import pki
 from mailops.site import mtasts
 from mailops.site.derived import service_zone
 from mailops.site.mailmodel import MailModel
+from mailops.site.moves import held_domains
 
 
 def service_addresses(inventory: Inventory, cfg: DnsSettings) -> tuple[str, ...]:
@@ -40,7 +41,12 @@ def desired_for(inventory: Inventory, model: MailModel, secrets: Any,
     sts_id = (mtasts.policy_id(mtasts.policy(model)) if mtasts.enabled(model, inventory)
               else None)
     out: dict[str, list[Record]] = {}
+    held = held_domains(inventory)
     for domain in model.domains:
+        if domain in held:
+            # Its legacy server still takes its mail: its records change at
+            # the cutover (`deploy.py migrate cutover`), not before.
+            continue
         pem = secrets.dkim.get(domain)
         if not pem:
             raise MailopsError(f"{vault_file(inventory.path)}: vault_dkim_keys.{domain}: "

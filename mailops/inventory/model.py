@@ -421,8 +421,12 @@ def load_inventory(path: Path | str) -> Inventory:
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
+    from ansible.plugins.vars import host_group_vars
     from ansible.vars.manager import VariableManager
 
+    # Ansible remembers which vars files a folder holds for the life of the
+    # process; a file written since (migrate.yml) would not be read.
+    host_group_vars.FOUND.clear()
     loader = DataLoader()
     inv_dir = file.parent
     password_file = vault_password_file(inv_dir, lab.name if lab else None)

@@ -393,8 +393,10 @@ class Lab:
             f"--network-namespace-path=/run/netns/{ns}", f"--machine={host.name}",
             f"--directory={merged}",
             # Firewall rules in the host's own network namespace (a stopping
-            # mail node refuses LMTP); the bridge still forwards nothing.
-            *(["--capability=CAP_NET_ADMIN"] if "mail" in host.groups else []),
+            # mail node refuses LMTP, a legacy server shut to clients at the
+            # cutover); the bridge still forwards nothing.
+            *(["--capability=CAP_NET_ADMIN"] if {"mail", "legacy"} & set(host.groups)
+              else []),
         ], hdir / "console.log")
         self._changed(host.name, f"booted (pid {new.pid})")
         return new

@@ -36,8 +36,8 @@ from mailops.secrets.vault import load_secrets
 from mailops.secrets.wanted import MIGRATE_ADMIN_PASSWORD
 from mailops.site.homes import Home, homes
 from mailops.site.mailmodel import MAIL_FILE, load_mail_model
+from mailops.site.moves import CUTOVER, FINISHED, SOURCE_KEY, SYNCING, Move, moves
 
-SOURCE_KEY = "mailops_legacy"  # host var of a legacy host: how to read it
 TLS_MODES = ("none", "starttls", "imaps")
 CUTOVER_TTL = 300  # seconds: the MX TTL to publish a day ahead of the cutover
 TIMEOUT = 30
@@ -439,14 +439,17 @@ class SyncRow:
 
 
 def _sync_user(inventory: Inventory, source: Source, node: Host, user: str,
-               address: str) -> tuple[str, int]:
+               address: str, merge: bool = False) -> tuple[str, int]:
     """One user pulled from the legacy server into its home node (`doveadm
     backup -R` over imapc: a mailbox that is still empty takes the legacy
     folders' UIDVALIDITY and UIDs). Niced, and one user at a time: the old
-    server stays usable."""
+    server stays usable. merge (after the cutover, when the cluster takes
+    new mail itself): `doveadm sync -1 -R`, which brings what is new on the
+    legacy server and deletes nothing in the cluster."""
     conf = MIGRATE_CONF.format(source=source.host.name)
     pop3 = f"-o pop3c_user={user} " if source.pop3_port else ""
-    cmd = (f"nice -n 10 doveadm -c {conf} -o imapc_user={user} {pop3}backup -R -u {address} "
+    verb = "sync -1" if merge else "backup"
+    cmd = (f"nice -n 10 doveadm -c {conf} -o imapc_user={user} {pop3}{verb} -R -u {address} "
            "imapc:")
     for tries in range(1, SYNC_TRIES + 1):
         res = remote.run(inventory, node, cmd, timeout=3600)
@@ -458,12 +461,22 @@ def _sync_user(inventory: Inventory, source: Source, node: Host, user: str,
     return f"FAILED: doveadm asked for another run {SYNC_TRIES} times", SYNC_TRIES
 
 
+def move_of(inventory: Inventory, source: Source) -> Move:
+    return next(m for m in moves(inventory) if m.host == source.host.name)
+
+
 def sync(inventory: Inventory, source_name: str) -> tuple[list[SyncRow], Parity]:
     """Every legacy mailbox pulled into its home node, then the parity."""
     source = source_of(inventory, source_name)
     step("migrate", source.host.name, f"listing the users ({source.admin_user})")
     users = list_users(source)
     home = _homes_of(inventory, source, users)
+    merge = move_of(inventory, source).stage != SYNCING
+    return _sync_all(inventory, source, users, home, merge)
+
+
+def _sync_all(inventory: Inventory, source: Source, users: list[str], home: dict[str, Home],
+              merge: bool) -> tuple[list[SyncRow], Parity]:
     nodes = {h.name: h for h in inventory.group("mail")}
     conf = MIGRATE_CONF.format(source=source.host.name)
     written: set[str] = set()
@@ -481,11 +494,11 @@ def sync(inventory: Inventory, source_name: str) -> tuple[list[SyncRow], Parity]
                     continue
                 written.add(name)
             step("migrate", name, f"{user} -> {address}")
-            result, tries = _sync_user(inventory, source, node, user, address)
+            result, tries = _sync_user(inventory, source, node, user, address, merge)
             used = name
             break
         rows.append(SyncRow(user, address, used, result, tries, time.monotonic() - t0))
-    return rows, parity(inventory, source, users, home)
+    return rows, parity(inventory, source, users, home, contained=merge)
 
 
 def _homes_of(inventory: Inventory, source: Source, users: list[str]) -> dict[str, Home]:
@@ -514,8 +527,12 @@ class FolderParity:
     extra: int  # messages in the cluster's folder not in the legacy one
     flags_differ: int
 
+    contained: bool = False  # after the cutover: new mail in the cluster is no difference
+
     @property
     def equal(self) -> bool:
+        if self.contained:
+            return not (self.missing or self.flags_differ)
         return not (self.missing or self.extra or self.flags_differ) and \
             self.legacy == self.cluster
 
@@ -531,8 +548,12 @@ class Parity:
     def table(self) -> str:
         rows = [(f.user, f.folder, f.legacy, f.cluster, f.missing, f.extra, f.flags_differ,
                  "equal" if f.equal else "DIFFERENT") for f in self.folders]
+        contained = any(f.contained for f in self.folders)
         verdict = ("every folder is equal" if self.equal else
                    f"{sum(not f.equal for f in self.folders)} folder(s) differ")
+        if contained:
+            verdict += (" (after the cutover: every legacy message is in the cluster with "
+                        "its flags; `extra` is mail that came to the cluster since)")
         return "\n".join([table(("user", "folder", "legacy", "cluster", "missing", "extra",
                                  "flags differ", "parity"), rows), "", f"parity: {verdict}"])
 
@@ -597,7 +618,7 @@ def _cluster_messages(inventory: Inventory, node: Host, address: str) -> dict[st
 
 
 def parity(inventory: Inventory, source: Source, users: list[str],
-           home: dict[str, Home] | None = None) -> Parity:
+           home: dict[str, Home] | None = None, contained: bool = False) -> Parity:
     """Per user and folder: counts, the identities (Message-ID, or a header
     digest) and flags compared, legacy against the home node."""
     home = home if home is not None else _homes_of(inventory, source, users)
@@ -622,11 +643,12 @@ def parity(inventory: Inventory, source: Source, users: list[str],
             if folder not in legacy and not cluster[folder]:
                 continue  # an empty folder the cluster makes for every mailbox
             folders.append(compare_folder(user, folder, legacy.get(folder, Counter()),
-                                          cluster.get(folder, Counter())))
+                                          cluster.get(folder, Counter()), contained))
     return Parity(folders)
 
 
-def compare_folder(user: str, folder: str, legacy: Counter, cluster: Counter) -> FolderParity:
+def compare_folder(user: str, folder: str, legacy: Counter, cluster: Counter,
+                   contained: bool = False) -> FolderParity:
     """One folder's parity from both sides' Counters of (identity, flags):
     identities compared as multisets (a Message-ID twice must be there
     twice), then, of the matched ones, how many differ in flags."""
@@ -640,4 +662,284 @@ def compare_folder(user: str, folder: str, legacy: Counter, cluster: Counter) ->
     same_flags = sum((legacy & cluster).values())
     return FolderParity(user, folder, sum(legacy.values()), sum(cluster.values()),
                         sum((ids_legacy - ids_cluster).values()),
-                        sum((ids_cluster - ids_legacy).values()), matched - same_flags)
+                        sum((ids_cluster - ids_legacy).values()), matched - same_flags,
+                        contained)
+
+
+# --------------------------------------------------------------- cutover
+
+CLIENT_PORTS = (110, 143, 465, 587, 993, 995, 4190)  # logins; 25 (MX) stays open
+NFT_TABLE = "mailops_migrate"
+MOVED_MAP = "/etc/postfix/mailops-moved"
+
+
+@dataclass
+class StepRow:
+    step: str
+    target: str
+    result: str
+    seconds: float
+
+
+@dataclass
+class MoveReport:
+    """What a cutover or finish did, step by step."""
+    action: str
+    source: str
+    domain: str
+    steps: list[StepRow] = field(default_factory=list)
+    parity: Parity | None = None
+    window: float | None = None  # cutover: seconds during which no client could log in
+    summary: dict[str, Any] = field(default_factory=dict)
+    dns_plans: list[str] = field(default_factory=list)  # what the DNS step changed
+    ok: bool = False
+
+    def run(self, name: str, target: str, fn) -> Any:
+        step("migrate", target, name)
+        t0 = time.monotonic()
+        value = fn()
+        self.steps.append(StepRow(name, target, value if isinstance(value, str) else "ok",
+                                  time.monotonic() - t0))
+        return value
+
+    def text(self) -> str:
+        lines = [table(("step", "on", "result", "s"),
+                       [(r.step, r.target, r.result, f"{r.seconds:.1f}") for r in self.steps])]
+        for plan in self.dns_plans:
+            lines += ["", plan]
+        if self.parity is not None:
+            lines += ["", self.parity.table()]
+        if self.summary:
+            lines += ["", table(("", ""), list(self.summary.items()))]
+        if self.window is not None:
+            lines += ["", f"client logins were refused for {self.window:.1f} s "
+                      f"({self.source} shut to clients until the cluster's records were "
+                      "published)"]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "source": self.source, "domain": self.domain,
+                "ok": self.ok, "window": self.window, "summary": self.summary,
+                "dns_plans": self.dns_plans,
+                "steps": [r.__dict__ for r in self.steps],
+                "parity": self.parity.to_dict() if self.parity else None}
+
+
+def client_firewall_rules(allowed: list[str]) -> str:
+    ports = ", ".join(str(p) for p in CLIENT_PORTS)
+    return "\n".join([
+        # Declared, emptied and refilled in one transaction: re-runs replace it.
+        f"table inet {NFT_TABLE}", f"delete table inet {NFT_TABLE}",
+        f"table inet {NFT_TABLE} {{",
+        "  set allowed { type ipv4_addr; elements = { " + ", ".join(allowed) + " } }",
+        "  chain input {",
+        "    type filter hook input priority 0; policy accept;",
+        '    iif "lo" accept',
+        # Every packet, not only new connections: open sessions end too.
+        f"    meta nfproto ipv4 tcp dport {{ {ports} }} ip saddr != @allowed "
+        "reject with tcp reset",
+        f"    meta nfproto ipv6 tcp dport {{ {ports} }} reject with tcp reset",
+        "  }", "}", ""])
+
+
+def shut_to_clients(inventory: Inventory, source: Source) -> str:
+    """The legacy server refuses every client login (IMAP, POP3, submission,
+    sieve; open sessions are cut), except from the cluster's mail nodes and
+    this controller, which the final sync and the parity need. Port 25
+    stays open: mail still arriving is relayed to the cluster."""
+    host = source.host
+    who = remote.run(inventory, host, "echo ${SSH_CLIENT%% *}; command -v nft")
+    lines = who.stdout.split()
+    if who.returncode != 0 or len(lines) < 2:
+        raise MailopsError(f"{host.name}: nftables (nft) is not installed: the cutover shuts "
+                           "the server to clients with it\n  fix: `apt install nftables` on "
+                           f"{host.name}, then run the cutover again; nothing was changed")
+    allowed = sorted({str(h.address) for h in inventory.group("mail")} | {lines[0]})
+    res = remote.run(inventory, host, "nft -f -", stdin=client_firewall_rules(allowed))
+    if res.returncode != 0:
+        raise MailopsError(f"{host.name}: nft refused the rules: {res.stderr.strip()[:300]}")
+    return f"logins refused except from {', '.join(allowed)}"
+
+
+def _relay_script(domain: str, nexthop: str) -> str:
+    return "\n".join([
+        "set -e",
+        "cd /etc/postfix",
+        # What it was, once: the first cutover run's view, for a way back.
+        "[ -e mailops-premove.cf ] || postconf -n > mailops-premove.cf",
+        f"printf '%s smtp:%s\\n' '{domain}' '{nexthop}' > {MOVED_MAP}.new",
+        f"mv {MOVED_MAP}.new {MOVED_MAP}",
+        'cur=$(postconf -h transport_maps)',
+        f'case "$cur" in *{MOVED_MAP}*) ;; *) postconf -e '
+        f'"transport_maps = texthash:{MOVED_MAP}${{cur:+, $cur}}";; esac',
+        f"postconf -e 'relayhost = {nexthop}'",
+        "postfix check",
+        "postfix reload >/dev/null 2>&1 || systemctl reload postfix",
+        # Deferred mail goes now, to the cluster: carried over, not bounced.
+        "postqueue -f",
+        "postqueue -j | wc -l", ""])
+
+
+def relay_to_cluster(inventory: Inventory, source: Source) -> str:
+    """The legacy Postfix forwards the domain's mail, and relays all other,
+    to the cluster; its queue is flushed there."""
+    from mailops.dns.desired import service_addresses
+    from mailops.dns.settings import settings as dns_settings
+
+    nexthop = f"[{service_addresses(inventory, dns_settings(inventory))[0]}]:25"
+    res = remote.run(inventory, source.host, "bash -s",
+                     stdin=_relay_script(source.domain, nexthop))
+    if res.returncode != 0:
+        raise MailopsError(f"{source.host.name}: turning Postfix into a relay failed: "
+                           f"{(res.stderr or res.stdout).strip()[-300:]}\n  fix: see "
+                           f"/etc/postfix there (mailops-premove.cf is how it was), then run "
+                           "the cutover again")
+    queued = res.stdout.strip().splitlines()[-1:] or ["0"]
+    return f"{source.domain} -> {nexthop}; queue flushed ({queued[0]} left)"
+
+
+def _converge_mail(inventory: Inventory) -> str:
+    from mailops.converge.run import converge
+
+    result = converge(inventory, limit="mail")
+    if result.failed:
+        raise MailopsError("converging the mail nodes failed: " + ", ".join(result.failed)
+                           + "\n  fix: see the converge output, then run this again")
+    return f"{result.changed} change(s)"
+
+
+def cutover(inventory: Inventory, source_name: str, force: bool = False) -> MoveReport:
+    """Switch the domain from the legacy server to the cluster; safe to run
+    again (each step checks or redoes its part)."""
+    from mailops.dns import deploy as dnsdeploy
+    from mailops.inventory.model import load_inventory
+    from mailops.site.moves import set_stage
+
+    source = source_of(inventory, source_name)
+    report = MoveReport("cutover", source.host.name, source.domain)
+    move = move_of(inventory, source)
+    if move.stage == FINISHED:
+        raise MailopsError(f"the move from {source.host.name} is finished; nothing to cut over")
+    users = report.run("list the legacy users", source.host.name, lambda: list_users(source))
+    home = _homes_of(inventory, source, users)
+    mx, ttl = _mx_now(inventory, source.domain)
+    if move.stage == SYNCING:
+        if ttl is not None and ttl > CUTOVER_TTL and not force:
+            raise MailopsError(
+                f"MX of {source.domain}: TTL {ttl} s: resolvers would send mail to "
+                f"{source.host.name} for up to {ttl} s after the cutover\n  fix: lower it "
+                f"to {CUTOVER_TTL} s, wait {ttl} s, then cut over (or --force to accept "
+                "the wait); nothing was changed")
+        rows, pre = report.run("sync and compare", "cluster",
+                               lambda: _sync_all(inventory, source, users, home, False))
+        failed = [r for r in rows if r.result != "ok"]
+        if failed or not pre.equal:
+            report.parity = pre
+            report.steps.append(StepRow("refused", source.host.name, "parity does not hold "
+                                        "(see below): nothing was switched", 0.0))
+            return report
+    t_closed = time.monotonic()
+    report.run("shut the legacy server to clients", source.host.name,
+               lambda: shut_to_clients(inventory, source))
+    if move.stage == SYNCING:
+        report.run("record the cutover", "inventory",
+                   lambda: set_stage(inventory, source.host.name, CUTOVER,
+                                     {"mx_ttl": ttl or 0, "mx_before": mx,
+                                      "cutover_at": round(time.time(), 1)}) or CUTOVER)
+        inventory = load_inventory(inventory.path)
+    report.run("converge the mail nodes (they take the domain)", "mail",
+               lambda: _converge_mail(inventory))
+    report.run("turn the legacy Postfix into a relay", source.host.name,
+               lambda: relay_to_cluster(inventory, source))
+    rows, report.parity = report.run(
+        "final sync (sync -1) and compare", "cluster",
+        lambda: _sync_all(inventory, source, users, home, True))
+    if any(r.result != "ok" for r in rows) or not report.parity.equal:
+        report.steps.append(StepRow("stopped", "cluster", "parity does not hold after the "
+                                    "final sync: DNS not switched; run the cutover again",
+                                    0.0))
+        return report
+
+    def publish() -> str:
+        done = dnsdeploy.apply(inventory, adopt=frozenset({source.domain}))
+        report.dns_plans += [p.plan.table() for p in done if not p.plan.is_empty]
+        return f"{sum(len(p.result.applied) for p in done if p.result)} change(s)"
+
+    report.run(f"publish {source.domain}'s records (MX to the cluster)", "dns", publish)
+    report.window = time.monotonic() - t_closed
+    report.ok = True
+    return report
+
+
+def finish(inventory: Inventory, source_name: str, force: bool = False) -> MoveReport:
+    """After the old MX TTL has passed: a last sync of what reached the
+    legacy server, parity, its queue drained, the move recorded finished."""
+    from mailops.inventory.model import load_inventory
+    from mailops.site.moves import set_stage
+
+    source = source_of(inventory, source_name)
+    report = MoveReport("finish", source.host.name, source.domain)
+    move = move_of(inventory, source)
+    if move.stage == SYNCING:
+        raise MailopsError(f"{source.host.name}: not cut over yet\n  fix: run `deploy.py "
+                           f"migrate cutover --from {source.host.name}` first")
+    wait = move.since + float(move.facts.get("mx_ttl", 0)) - time.time()
+    if move.stage == CUTOVER and wait > 0 and not force:
+        raise MailopsError(f"the old MX of {source.domain} may still be cached for "
+                           f"{wait:.0f} s\n  fix: run finish after that (or --force); "
+                           "nothing was changed")
+    users = report.run("list the legacy users", source.host.name, lambda: list_users(source))
+    home = _homes_of(inventory, source, users)
+    report.run("keep the legacy server shut to clients", source.host.name,
+               lambda: shut_to_clients(inventory, source))
+    left = report.run("drain the legacy queue to the cluster", source.host.name,
+                      lambda: _drain_queue(inventory, source))
+    if left != "empty":
+        report.steps.append(StepRow("stopped", source.host.name, "the legacy queue is not "
+                                    "empty: see why above, then run finish again", 0.0))
+        return report
+    rows, report.parity = report.run("last sync (sync -1) and compare", "cluster",
+                                     lambda: _sync_all(inventory, source, users, home, True))
+    # Users work in the cluster by now: their flags may move on; what must
+    # hold is that no legacy message is missing.
+    missing = sum(f.missing for f in report.parity.folders)
+    if any(r.result != "ok" for r in rows) or missing:
+        report.steps.append(StepRow("stopped", "cluster", f"{missing} legacy message(s) not in "
+                                    "the cluster: run finish again", 0.0))
+        return report
+    if move.stage == CUTOVER:
+        report.run("record the move finished", "inventory",
+                   lambda: set_stage(inventory, source.host.name, FINISHED, move.facts)
+                   or FINISHED)
+        inventory = load_inventory(inventory.path)
+        report.run("converge the mail nodes (the legacy relay no longer trusted)", "mail",
+                   lambda: _converge_mail(inventory))
+    report.summary = {
+        "mailboxes moved": len(users),
+        "legacy messages": sum(f.legacy for f in report.parity.folders),
+        "in the cluster": sum(f.cluster for f in report.parity.folders),
+        "missing": missing,
+        "flags changed since (by users in the cluster)":
+            sum(f.flags_differ for f in report.parity.folders),
+        "cut over": time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                  time.gmtime(move.facts.get("cutover_at", move.since))),
+        "next": f"{source.host.name} relays to the cluster and refuses logins; switch it "
+                "off when you are ready",
+    }
+    report.ok = True
+    return report
+
+
+def _drain_queue(inventory: Inventory, source: Source, bound: float = 120) -> str:
+    """Flush the legacy queue (to the cluster) until it is empty, for at
+    most `bound` seconds; what stays is named."""
+    deadline = time.monotonic() + bound
+    while True:
+        res = remote.run(inventory, source.host, "postqueue -f; sleep 2; postqueue -j")
+        left = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+        if not left:
+            return "empty"
+        if time.monotonic() > deadline:
+            reasons = {r.get("delay_reason", "?") for m in left for r in m.get("recipients", [])}
+            return f"{len(left)} message(s) still queued: {'; '.join(sorted(reasons))[:200]}"
+        time.sleep(3)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mailops.inventory.model import Inventory
-from mailops.site import homes, mtasts
+from mailops.site import homes, moves, mtasts
 from mailops.site.derived import (
     external_domain,
     replication_pairs,
@@ -22,6 +22,8 @@ from mailops.site.derived import (
 from mailops.site.mailmodel import MailModel
 
 BANNER = "Managed by mailops; local changes are overwritten."
+LEGACY_TTL = 3600  # a lab legacy domain's record TTL before the move
+MYNETWORKS = ("127.0.0.0/8", "[::1]/128")  # who may relay through a mail node
 
 
 def proxy_protocol(inventory: Inventory) -> bool:
@@ -46,6 +48,18 @@ def site_vars(inventory: Inventory, model: MailModel,
         host = ext_hosts[0].name
         static[ext] = [f"@ MX 10 {host}.{ext}.", '@ TXT "v=spf1 mx -all"',
                        f"{host} A {addr[host]}"]
+    every_move = moves.moves(inventory)
+    legacy_zones = []
+    if inventory.lab:
+        # A lab's legacy server is the domain's MX before the move, with the
+        # long TTL such records have (the cutover adopts the records).
+        for move in every_move:
+            legacy_zones.append(move.domain)
+            static.setdefault(move.domain, [
+                f"@ {LEGACY_TTL} MX 10 {move.host}.{move.domain}.",
+                f'@ {LEGACY_TTL} TXT "v=spf1 mx -all"',
+                f"{move.host} {LEGACY_TTL} A {move.address}"])
+    held = {m.domain: m for m in every_move if m.held}
     peers: dict[str, dict[str, Any]] = {}
     for first, second in replication_pairs(inventory):
         peers[first] = {"address": addr[second], "first": True}
@@ -61,7 +75,7 @@ def site_vars(inventory: Inventory, model: MailModel,
     return {
         "banner": BANNER,
         "service_zone": service_zone(model),
-        "zones": zones_served(model, ext),
+        "zones": list(dict.fromkeys([*zones_served(model, ext), *legacy_zones])),
         "static_records": static,
         "tsig_key_name": tsig_key_name(inventory),
         "external_domain": ext or "",
@@ -77,6 +91,16 @@ def site_vars(inventory: Inventory, model: MailModel,
                    "nodes": [addr[n] for n in h.nodes if n not in drained]
                    or [addr[n] for n in h.nodes]}
                   for h in every_home.values()],
+        # Postfix delivers the mailboxes of domains that a legacy server
+        # still takes (a move before its cutover) to that server instead.
+        "delivery_homes": [{"address": h.address,
+                            "nodes": [addr[n] for n in h.nodes if n not in drained]
+                            or [addr[n] for n in h.nodes]}
+                           for h in every_home.values()
+                           if h.address.rsplit("@", 1)[1] not in held],
+        "forward_domains": {d: f"[{m.address}]:25" for d, m in sorted(held.items())},
+        # A legacy server after the cutover relays through the cluster.
+        "mynetworks": [*MYNETWORKS, *(f"{m.address}/32" for m in every_move if m.relaying)],
         "backend_ports": dict(homes.BACKEND_PORTS),
         # Each mail node's peers: they proxy logins to it and deliver to it.
         "mail_peers": {n: [addr[m] for m in mail_nodes if m != n] for n in mail_nodes},

@@ -90,3 +90,89 @@ def test_parity_counts_missing_extra_and_flags_as_multisets():
     report = migrate.Parity([same, diff])
     assert not report.equal and "1 folder(s) differ" in report.table()
     assert report.to_dict()["folders"][1]["missing"] == 1
+
+
+def _with_domain(inv: Path) -> None:
+    mail = inv / "group_vars" / "all" / "mail.yml"
+    model = yaml.safe_load(mail.read_text())
+    model["mailops_domains"].append("example.org")
+    model["mailops_mailboxes"].append({"address": "erin@example.org", "quota": "10M"})
+    mail.write_text(yaml.safe_dump(model, sort_keys=False))
+
+
+def test_a_domain_moving_in_is_forwarded_to_its_legacy_server_until_the_cutover(tmp_path):
+    """Before the cutover the cluster forwards the domain's mail to the
+    legacy server (no home delivery for its mailboxes) and trusts nobody new;
+    after it, the cluster delivers the domain itself and the legacy server
+    may relay through it; once finished, neither."""
+    from mailops.site.ansible_vars import site_vars
+    from mailops.site.mailmodel import load_mail_model
+    from mailops.site.moves import CUTOVER, FINISHED, held_domains, set_stage
+
+    path = _inventory(tmp_path, {"server": "cyrus", "domain": "example.org"})
+    _with_domain(path)
+    inv = load_inventory(path)
+    assert list(held_domains(inv)) == ["example.org"]
+    values = site_vars(inv, load_mail_model(inv))
+    assert values["forward_domains"] == {"example.org": "[198.19.7.21]:25"}
+    delivered = {h["address"] for h in values["delivery_homes"]}
+    assert "erin@example.org" not in delivered and "alice@example.test" in delivered
+    assert "198.19.7.21/32" not in values["mynetworks"]
+    # The lab's legacy server is the domain's MX before the move, TTL 3600.
+    assert "@ 3600 MX 10 legacy1.example.org." in values["static_records"]["example.org"]
+
+    set_stage(inv, "legacy1", CUTOVER, {"mx_ttl": 300})
+    inv = load_inventory(path)  # the same process: the new file is read
+    assert held_domains(inv) == {}
+    values = site_vars(inv, load_mail_model(inv))
+    assert values["forward_domains"] == {}
+    assert "erin@example.org" in {h["address"] for h in values["delivery_homes"]}
+    assert "198.19.7.21/32" in values["mynetworks"]
+
+    set_stage(inv, "legacy1", FINISHED)
+    inv = load_inventory(path)
+    assert "198.19.7.21/32" not in site_vars(inv, load_mail_model(inv))["mynetworks"]
+
+
+def test_a_held_domain_has_no_records_in_the_dns_plan_until_the_cutover(tmp_path):
+    from types import SimpleNamespace
+
+    from mailops.dns.desired import desired_for
+    from mailops.secrets import pki
+    from mailops.site.mailmodel import load_mail_model
+    from mailops.site.moves import CUTOVER, set_stage
+
+    path = _inventory(tmp_path, {"server": "cyrus", "domain": "example.org"})
+    _with_domain(path)
+    inv = load_inventory(path)
+    model = load_mail_model(inv)
+    key = pki.generate_dkim_key()
+    secrets = SimpleNamespace(dkim={d: key for d in model.domains})
+    assert "example.org" not in desired_for(inv, model, secrets)
+    set_stage(inv, "legacy1", CUTOVER)
+    inv = load_inventory(path)
+    records = desired_for(inv, model, secrets)["example.org"]
+    assert any(r.type == "MX" for r in records)
+
+
+def test_the_cutover_firewall_refuses_client_ports_except_from_the_allowed():
+    rules = migrate.client_firewall_rules(["198.18.0.1", "198.18.0.11"])
+    assert "elements = { 198.18.0.1, 198.18.0.11 }" in rules
+    line = next(x for x in rules.splitlines() if "nfproto ipv4" in x)
+    assert "ip saddr != @allowed reject with tcp reset" in line
+    for port in (110, 143, 465, 587, 993, 995):
+        assert f"{port}" in line
+    assert " 25," not in line and "{ 25" not in line  # mail keeps arriving (relayed)
+    # Re-runs replace the table in one transaction.
+    assert rules.index("delete table inet mailops_migrate") < rules.index("chain input")
+
+
+def test_after_the_cutover_new_mail_in_the_cluster_is_no_difference_but_a_loss_is():
+    legacy = Counter({("<a@x>", r"\Seen"): 1})
+    cluster = Counter({("<a@x>", r"\Seen"): 1, ("<new@x>", ""): 1})
+    assert not migrate.compare_folder("u", "INBOX", legacy, cluster).equal
+    assert migrate.compare_folder("u", "INBOX", legacy, cluster, contained=True).equal
+    lost = Counter({("<new@x>", ""): 1})
+    assert not migrate.compare_folder("u", "INBOX", legacy, lost, contained=True).equal
+    flags = Counter({("<a@x>", ""): 1})
+    assert not migrate.compare_folder("u", "INBOX", legacy, flags, contained=True).equal
