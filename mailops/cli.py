@@ -207,18 +207,21 @@ def _migrate(inventory, action: str, source: str, as_json: bool, force: bool) ->
         if not as_json:
             print(f"\nmigrate plan: done in {time.monotonic() - t0:.1f} s; nothing was changed")
         return 0
-    rows = []
+    rows, passwords = [], []
     if action == "sync":
-        rows, parity = migrate.sync(inventory, source)
+        rows, parity, passwords = migrate.sync(inventory, source)
     else:
         src = migrate.source_of(inventory, source)
         parity = migrate.parity(inventory, src, migrate.list_users(src),
                                 contained=migrate.move_of(inventory, src).stage != "syncing")
     synced = all(r.result == "ok" for r in rows)
     if as_json:
-        print(json.dumps({"synced": [r.__dict__ for r in rows], "parity": parity.to_dict()},
-                         indent=2))
+        print(json.dumps({"synced": [r.__dict__ for r in rows], "parity": parity.to_dict(),
+                          "passwords": [r.__dict__ for r in passwords]}, indent=2))
     else:
+        if passwords:
+            print(table(("user", "mailbox", "password"),
+                        [(r.user, r.address, r.result) for r in passwords]) + "\n")
         if rows:
             print(table(("user", "mailbox", "node", "result", "tries", "s"),
                         [(r.user, r.address, r.node, r.result, r.tries, f"{r.seconds:.1f}")

@@ -384,7 +384,7 @@ MIGRATE_CONF = "/etc/dovecot/mailops-migrate-{source}.conf"  # root only: the ad
 SYNC_TRIES = 3  # doveadm's exit 2: "run again", it usually finishes the job
 
 
-def _imapc_conf(source: Source) -> str:
+def imapc_conf(source: Source) -> str:
     """A doveadm configuration that reads the legacy server: the node's own
     configuration, plus imapc with the admin (master) login."""
     ssl_mode = {"none": "no", "starttls": "starttls", "imaps": "imaps"}[source.tls]
@@ -461,18 +461,100 @@ def _sync_user(inventory: Inventory, source: Source, node: Host, user: str,
     return f"FAILED: doveadm asked for another run {SYNC_TRIES} times", SYNC_TRIES
 
 
+SASLDB = "/etc/sasldb2"  # where Cyrus keeps its users' passwords (sasl_sasldb_path)
+
+
+def parse_db_dump(text: str) -> dict[str, str]:
+    """`db_dump -p` of a sasldb: user -> password (its userPassword
+    entries; keys are user NUL realm NUL property, printed with \\XX escapes)."""
+    def unescape(line: str) -> bytes:
+        out, i, raw = bytearray(), 0, line[1:]  # each record line starts with a space
+        while i < len(raw):
+            if raw[i] == "\\" and raw[i + 1:i + 2] == "\\":
+                out.append(0x5C)
+                i += 2
+            elif raw[i] == "\\":
+                out.append(int(raw[i + 1:i + 3], 16))
+                i += 3
+            else:
+                out += raw[i].encode()
+                i += 1
+        return bytes(out)
+
+    body = text.split("HEADER=END\n", 1)[-1].split("DATA=END", 1)[0].splitlines()
+    out = {}
+    for key, value in zip(body[::2], body[1::2], strict=False):
+        parts = unescape(key).split(b"\0")
+        if len(parts) == 3 and parts[2] == b"userPassword":
+            out[parts[0].decode()] = unescape(value).decode()
+    return out
+
+
+@dataclass
+class PasswordRow:
+    user: str
+    address: str
+    result: str  # carried over, unchanged, or why the cluster's own stays
+
+
+def carry_passwords(inventory: Inventory, source: Source,
+                    users: list[str]) -> tuple[list[PasswordRow], bool]:
+    """The users' legacy passwords into the vault, where the legacy server
+    keeps them readable (Cyrus's sasldb holds them in clear), so they log in
+    to the cluster as before; the others keep the password mailops
+    generated (read it with `ansible-vault view`). No password is printed.
+    Returns the rows and whether the vault changed (a converge applies it)."""
+    from mailops.secrets.vault import set_mailbox_passwords
+
+    model = load_mail_model(inventory)
+    known: dict[str, str] = {}
+    why = "the legacy server keeps no readable passwords: the generated one stays"
+    if source.server == "cyrus":
+        res = remote.run(inventory, source.host, f"db_dump -p {SASLDB}")
+        if res.returncode == 0:
+            known = parse_db_dump(res.stdout)
+        else:
+            why = (f"{SASLDB} could not be read (db_dump from db-util): the generated "
+                   "password stays")
+    wanted: dict[str, str] = {}
+    rows, carried = [], []
+    for user in users:
+        address = source.address(user).lower()
+        if model.mailbox(address).password_hash:
+            rows.append(PasswordRow(user, address, "the mail model sets password_hash: kept"))
+        elif user in known:
+            wanted[address] = known[user]
+            carried.append((user, address))
+        else:
+            rows.append(PasswordRow(user, address, why))
+    changed = set(set_mailbox_passwords(vault_file(inventory.path),
+                                        inventory.vault_password_file, wanted))
+    rows += [PasswordRow(u, a, "carried over" + ("" if a in changed else " (unchanged)"))
+             for u, a in carried]
+    return sorted(rows, key=lambda r: r.address), bool(changed)
+
+
 def move_of(inventory: Inventory, source: Source) -> Move:
     return next(m for m in moves(inventory) if m.host == source.host.name)
 
 
-def sync(inventory: Inventory, source_name: str) -> tuple[list[SyncRow], Parity]:
-    """Every legacy mailbox pulled into its home node, then the parity."""
+def sync(inventory: Inventory,
+         source_name: str) -> tuple[list[SyncRow], Parity, list[PasswordRow]]:
+    """Every legacy mailbox pulled into its home node (before the cutover,
+    with its password, where it can be carried over), then the parity."""
     source = source_of(inventory, source_name)
     step("migrate", source.host.name, f"listing the users ({source.admin_user})")
     users = list_users(source)
     home = _homes_of(inventory, source, users)
     merge = move_of(inventory, source).stage != SYNCING
-    return _sync_all(inventory, source, users, home, merge)
+    passwords: list[PasswordRow] = []
+    if not merge:
+        step("migrate", source.host.name, "carrying the users' passwords over")
+        passwords, changed = carry_passwords(inventory, source, users)
+        if changed:
+            step("migrate", "mail", "converging the mail nodes (the carried passwords)")
+            _converge_mail(inventory)
+    return (*_sync_all(inventory, source, users, home, merge), passwords)
 
 
 def _sync_all(inventory: Inventory, source: Source, users: list[str], home: dict[str, Home],
@@ -489,7 +571,7 @@ def _sync_all(inventory: Inventory, source: Source, users: list[str], home: dict
             node = nodes[name]
             if name not in written:
                 res = remote.run(inventory, node, f"umask 077 && cat > {conf}.new && "
-                                 f"mv {conf}.new {conf}", stdin=_imapc_conf(source))
+                                 f"mv {conf}.new {conf}", stdin=imapc_conf(source))
                 if res.returncode != 0:
                     continue
                 written.add(name)
@@ -838,6 +920,13 @@ def cutover(inventory: Inventory, source_name: str, force: bool = False) -> Move
             report.steps.append(StepRow("refused", source.host.name, "parity does not hold "
                                         "(see below): nothing was switched", 0.0))
             return report
+        # Passwords changed on the legacy server since the last sync: the
+        # converge below applies them.
+        def carry() -> str:
+            rows = carry_passwords(inventory, source, users)[0]
+            return f"{sum(r.result == 'carried over' for r in rows)} changed"
+
+        report.run("carry the users' passwords over", source.host.name, carry)
     t_closed = time.monotonic()
     report.run("shut the legacy server to clients", source.host.name,
                lambda: shut_to_clients(inventory, source))

@@ -471,3 +471,25 @@ def load_secrets(vault_file: Path, vault_password_file: Path) -> Secrets:
     """What the vault holds now, read only: nothing is generated or written
     (a missing vault reads as empty). For dry runs such as `dns plan`."""
     return _load(Path(vault_file).resolve(), _vault(Path(vault_password_file)))[1]
+
+
+def set_mailbox_passwords(vault_file: Path, vault_password_file: Path,
+                          passwords: Mapping[str, str]) -> list[str]:
+    """Give mailboxes known passwords (carried over from a server they move
+    from): stored as generated ones are, clear and hashed. Returns the
+    addresses whose password changed (names only); the vault is written
+    only when one did."""
+    vault_file = Path(vault_file).resolve()
+    vault = _vault(Path(vault_password_file))
+    raw, current = _load(vault_file, vault)
+    boxes = dict(current.mailboxes)
+    changed = []
+    for address, password in sorted(passwords.items()):
+        address = address.lower()
+        if boxes.get(address, {}).get("password") != password:
+            boxes[address] = {"password": password,
+                              "hash": pki.dovecot_sha512_crypt(password)}
+            changed.append(address)
+    if changed:
+        _save(vault_file, vault, raw, replace(current, mailboxes=boxes))
+    return changed

@@ -12,14 +12,19 @@ import base64
 import imaplib
 import json
 import re
+import smtplib
+import subprocess
+import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
 from mailops.verify.mailclient import message
-from tests.conftest import deploy, message_ids
+from tests.conftest import ROOT, deploy, message_ids
 
 pytestmark = pytest.mark.lab
 
@@ -112,6 +117,7 @@ def legacy(node, lab_inventory):
     finally:
         hosts_file.write_text(before)
         mail_file.write_text(mail_before)
+        (Path(lab_inventory) / "group_vars" / "all" / "migrate.yml").unlink(missing_ok=True)
         deploy("lab", "up", "-i", inv)  # removes legacy1
         deploy("bootstrap", "-i", inv)  # and its name from the others' /etc/hosts
         deploy("converge", "-i", inv, timeout=1800)  # and example.org, if it was added
@@ -269,6 +275,21 @@ def test_migrate_sync_brings_every_message_once_with_its_flags(legacy, node, lab
     report = json.loads(res.stdout)
     assert [r["result"] for r in report["synced"]] == ["ok"] * len(USERS)
     assert report["parity"]["equal"]
+    # Cyrus keeps its users' passwords readable: carried over, so each
+    # user logs in to the cluster (through the balancer) as before.
+    assert {r["user"]: r["result"].startswith("carried over") for r in report["passwords"]} == \
+        {u: True for u in USERS}
+    from mailops.core.paths import vault_file
+    from mailops.secrets.vault import load_secrets
+
+    inv = _lab(lab_inventory)
+    extra = load_secrets(vault_file(inv.path), inv.vault_password_file).extra
+    for user in USERS:
+        imap = node.endpoint.imap(f"{user}@{DOMAIN}", extra[f"legacy_user_{user}"])
+        assert imap.select("INBOX", readonly=True)[0] == "OK"
+        imap.logout()
+        # Names and results only: no password is printed.
+        assert extra[f"legacy_user_{user}"] not in res.stdout + res.stderr
     for user in USERS:
         legacy_side = _legacy_view(address, password, user)
         assert sum(len(f) for f in legacy_side.values()) == PER_USER
@@ -308,3 +329,218 @@ def test_migrate_sync_brings_every_message_once_with_its_flags(legacy, node, lab
     assert len(inbox) == len(_legacy_view(address, password, "erin")["INBOX"])
     assert _cluster_uidls(node, lab_inventory, "erin") == \
         _legacy_uidls(address, password, "erin")
+
+
+
+def _lab(lab_inventory):
+    from mailops.inventory.model import load_inventory
+
+    return load_inventory(lab_inventory)
+
+
+def _on(lab_inventory, host: str, cmd: str, check: bool = True):
+    from mailops.inventory import remote
+
+    inv = _lab(lab_inventory)
+    res = remote.run(inv, inv.host(host), cmd, timeout=300)
+    assert not check or res.returncode == 0, (host, cmd, res.stdout, res.stderr)
+    return res
+
+
+def test_migrate_sync_cut_off_mid_way_resumes_on_the_next_run(legacy, lab_inventory):
+    """The legacy server goes away while a sync copies a large mailbox: the
+    run fails naming the server, touches nothing else; once it is back, the
+    next run finishes and parity holds."""
+    address, password = legacy
+    imap = _admin_for(address, "gina", password)
+    typ, data = imap.select('"INBOX.Archive"')
+    if int(data[0]) < 200:  # 150 more messages of 150 KB: a sync of several seconds
+        for i in range(150):
+            msg = message(f"gina@{DOMAIN}", [f"gina@{DOMAIN}"], f"bulk {i:03d}")
+            msg.add_attachment(bytes(range(256)) * 600, maintype="application",
+                               subtype="octet-stream", filename=f"bulk{i}.bin")
+            assert imap.append('"INBOX.Archive"', None, None, msg.as_bytes())[0] == "OK"
+    imap.logout()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "deploy.py"), "migrate", "sync",
+                             "--from", LEGACY, "-i", str(lab_inventory)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if "gina -> gina@" in line:
+                time.sleep(0.3)
+                _on(lab_inventory, LEGACY, "systemctl stop cyrus-imapd")
+                break
+        out, err = proc.communicate(timeout=600)
+    finally:
+        _on(lab_inventory, LEGACY, "systemctl start cyrus-imapd")
+    err = "".join(seen) + err
+    assert proc.returncode != 0, out
+    assert LEGACY in err and "error:" in err, err[-2000:]
+    _counted(address, password)  # the server answers again
+    again = json.loads(deploy("migrate", "sync", "--from", LEGACY, "-i", str(lab_inventory),
+                              "--json").stdout)
+    assert [r["result"] for r in again["synced"]] == ["ok"] * len(USERS)
+    assert again["parity"]["equal"]
+
+
+def _inbox_ids(imap) -> Counter:
+    """Message-ID -> how many times it is in the INBOX."""
+    imap.select("INBOX", readonly=True)
+    typ, data = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+    return Counter(item[1].decode().split(":", 1)[1].strip() for item in data or []
+                   if isinstance(item, tuple))
+
+
+class _Sender(threading.Thread):
+    """Mail to the moving domain during the move, alternately through the
+    legacy server and the balancer; stops when told, or after `limit`
+    messages or `seconds`, whichever comes first. Only accepted messages
+    count; a refused one is tried again (a sender's MTA would)."""
+
+    def __init__(self, routes: dict[str, str], limit: int = 400, seconds: float = 240):
+        super().__init__(daemon=True)
+        self.routes, self.limit, self.seconds = routes, limit, seconds
+        self.stop = threading.Event()
+        self.accepted: dict[str, tuple[str, str]] = {}  # Message-ID -> (recipient, route)
+        self.retries = 0
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        i = 0
+        while not self.stop.is_set() and i < self.limit and time.monotonic() < deadline:
+            route = sorted(self.routes)[i % len(self.routes)]
+            rcpt = f"{USERS[i % len(USERS)]}@{DOMAIN}"
+            msg = message(f"sender@{DOMAIN}", [rcpt], f"during the move {i:04d}")
+            try:
+                with smtplib.SMTP(self.routes[route], 25, timeout=20,
+                                  local_hostname="client.lab") as smtp:
+                    smtp.send_message(msg)
+            except (OSError, smtplib.SMTPException):
+                self.retries += 1
+                time.sleep(0.5)
+                continue
+            self.accepted[msg["Message-ID"]] = (rcpt, route)
+            i += 1
+            time.sleep(0.15)
+
+
+def test_migrate_cutover_and_finish_lose_nothing_and_store_mail_once(legacy, node,
+                                                                       lab_inventory):
+    """The cutover with mail arriving all along through both the old server
+    and the balancer, and a deferred message in the old server's queue:
+    every legacy message in the cluster with its flags and folders (the
+    test's own clients, both sides), POP3 UIDLs unchanged, every accepted
+    message stored once, the old server shut to clients and relaying, the
+    domain's MX at the cluster; then finish."""
+    import dns.query
+    import dns.resolver
+    import dns.tsigkeyring
+    import dns.update
+
+    from mailops.core.paths import vault_file
+    from mailops.secrets.vault import load_secrets
+
+    address, password = legacy
+    _serve_the_domain(lab_inventory)
+    inv = _lab(lab_inventory)
+    secrets = load_secrets(vault_file(inv.path), inv.vault_password_file)
+    ns = str(inv.group("dns")[0].address)
+    lb = str(inv.group("lb")[0].address)
+    # Before the move the legacy server is the domain's MX, TTL 3600:
+    # the cutover refuses until it is lowered.
+    res = deploy("migrate", "cutover", "--from", LEGACY, "-i", str(lab_inventory), check=False)
+    assert res.returncode == 1 and "TTL 3600 s" in res.stderr and "lower it" in res.stderr
+    key = dns.tsigkeyring.from_text({"mailops": secrets.extra["tsig_mailops"]})
+    lower = dns.update.UpdateMessage(DOMAIN, keyring=key, keyalgorithm="hmac-sha256")
+    lower.replace("@", 5, "MX", f"10 {LEGACY}.{DOMAIN}.")
+    assert dns.query.tcp(lower, ns, timeout=5).rcode() == 0
+
+    # A message the legacy server could not deliver yet: deferred in its
+    # queue (retried only in an hour) when the cutover comes.
+    _on(lab_inventory, LEGACY, "postconf -e defer_transports=lmtp minimal_backoff_time=3600s "
+                               "maximal_backoff_time=3600s && postfix reload")
+    deferred = message(f"sender@{DOMAIN}", [f"frank@{DOMAIN}"], "deferred on the old server")
+    with smtplib.SMTP(address, 25, timeout=20, local_hostname="client.lab") as smtp:
+        smtp.send_message(deferred)
+    for _ in range(30):
+        queue = _on(lab_inventory, LEGACY, "postqueue -j").stdout
+        if deferred["Message-ID"].strip("<>") in queue or "deferred" in queue:
+            break
+        time.sleep(1)
+    assert '"queue_name": "deferred"' in queue, queue
+    _on(lab_inventory, LEGACY, "postconf -e defer_transports= && postfix reload")
+
+    deploy("migrate", "sync", "--from", LEGACY, "-i", str(lab_inventory))
+    sender = _Sender({"legacy": address, "balancer": lb})
+    sender.start()
+    try:
+        time.sleep(5)  # some of it before the cutover
+        res = deploy("migrate", "cutover", "--from", LEGACY, "-i", str(lab_inventory),
+                     "--json", timeout=1800)
+        time.sleep(5)  # and some after
+    finally:
+        sender.stop.set()
+        sender.join(timeout=60)
+    cut = json.loads(res.stdout)
+    assert cut["ok"] and cut["parity"]["equal"], res.stdout[-3000:]
+    assert 0 < cut["window"] < 300
+    routes = Counter(route for _, route in sender.accepted.values())
+    assert routes["legacy"] >= 10 and routes["balancer"] >= 10, routes
+
+    # The domain's MX is the cluster's now.
+    res_ = dns.resolver.Resolver(configure=False)
+    res_.nameservers = [ns]
+    mx = [str(r.exchange).rstrip(".") for r in res_.resolve(DOMAIN, "MX")]
+    assert mx == [_lab(lab_inventory).site_vars()["mailops_service_name"]]
+
+    # Clients are refused by the old server (from a host that is neither a
+    # mail node nor the controller); mail to it is still accepted.
+    probe = _on(lab_inventory, "ext1", "python3 -c \"import imaplib, poplib, socket\n"
+                f"for port in (143, 110):\n"
+                f"    try: socket.create_connection(('{address}', port), 5).recv(10); "
+                "print(port, 'open')\n"
+                "    except OSError as e: print(port, type(e).__name__)\"", check=False)
+    assert "143 open" not in probe.stdout and "110 open" not in probe.stdout, probe.stdout
+    assert "143 " in probe.stdout and "110 " in probe.stdout, probe
+
+    # Every legacy message in the cluster with its flags, as the test's own
+    # clients read both sides; INBOXes may have more (mail since).
+    for user in USERS:
+        legacy_side = _legacy_view(address, password, user)
+        cluster_side = _cluster_view(node, lab_inventory, user)
+        for folder, ids in legacy_side.items():
+            if folder == "INBOX":
+                assert {m: cluster_side[folder].get(m) for m in ids} == ids, (user, folder)
+            else:
+                assert cluster_side[folder] == ids, (user, folder)
+        uidls = _legacy_uidls(address, password, user)
+        assert set(uidls) <= set(_cluster_uidls(node, lab_inventory, user)), user
+
+    # Every accepted message once (the deferred one too), once the queues
+    # on both sides have delivered.
+    expected = {**{m: r for m, (r, _) in sender.accepted.items()},
+                deferred["Message-ID"]: f"frank@{DOMAIN}"}
+    deadline = time.monotonic() + 180
+    while True:
+        counts: Counter = Counter()
+        for user in USERS:
+            addr = f"{user}@{DOMAIN}"
+            imap = node.endpoint.imap(addr, secrets.mailboxes[addr]["password"])
+            counts.update({m: n for m, n in _inbox_ids(imap).items() if m in expected})
+            imap.logout()
+        if set(counts) == set(expected) or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert set(expected) - set(counts) == set(), "lost"
+    assert [m for m, n in counts.items() if n > 1] == [], "stored twice"
+    assert '"queue_name"' not in _on(lab_inventory, LEGACY, "postqueue -j").stdout
+
+    # finish, once the old MX TTL (5 s) has passed: nothing left behind.
+    done = json.loads(deploy("migrate", "finish", "--from", LEGACY, "-i", str(lab_inventory),
+                             "--json", timeout=1800).stdout)
+    assert done["ok"] and done["summary"]["missing"] == 0
+    assert done["summary"]["mailboxes moved"] == len(USERS)
+    again = deploy("migrate", "finish", "--from", LEGACY, "-i", str(lab_inventory))
+    assert "migrate finish: done" in again.stdout

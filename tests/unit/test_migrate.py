@@ -176,3 +176,12 @@ def test_after_the_cutover_new_mail_in_the_cluster_is_no_difference_but_a_loss_i
     assert not migrate.compare_folder("u", "INBOX", legacy, lost, contained=True).equal
     flags = Counter({("<a@x>", ""): 1})
     assert not migrate.compare_folder("u", "INBOX", legacy, flags, contained=True).equal
+
+
+def test_cyrus_sasldb_passwords_are_read_from_db_dump_with_escapes():
+    dump = ("VERSION=3\nformat=print\ntype=hash\nHEADER=END\n"
+            " cyrus\\00legacy1\\00userPassword\n admin-pw\n"
+            " erin\\00legacy1\\00userPassword\n a\\5cb\\\\c\\20d\n"
+            " erin\\00legacy1\\00cmusaslsecretOTP\n ignored\n"
+            "DATA=END\n")
+    assert migrate.parse_db_dump(dump) == {"cyrus": "admin-pw", "erin": "a\\b\\c d"}

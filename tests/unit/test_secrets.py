@@ -307,3 +307,28 @@ def test_bad_input_rejected_before_touching_the_vault(vault, pwfile):
     with pytest.raises(ValueError):
         _run(vault, pwfile, domains=["bad domain"])
     assert not vault.exists()
+
+
+def test_carried_over_passwords_replace_generated_ones_and_are_kept(vault, pwfile):
+    from mailops.secrets.vault import load_secrets, set_mailbox_passwords
+
+    ensure_secrets(vault, pwfile, list(NAMES), list(DOMAINS),
+                   mailboxes=["erin@example.org", "frank@example.org"])
+    before = vault.read_bytes()
+    generated = load_secrets(vault, pwfile).mailboxes["frank@example.org"]
+    assert set_mailbox_passwords(vault, pwfile, {"Erin@example.org": "old secret"}) == \
+        ["erin@example.org"]
+    after = load_secrets(vault, pwfile).mailboxes
+    assert after["erin@example.org"]["password"] == "old secret"
+    assert after["erin@example.org"]["hash"].startswith("{SHA512-CRYPT}$6$")
+    assert after["frank@example.org"] == generated  # the others untouched
+    assert b"old secret" not in vault.read_bytes() and vault.read_bytes() != before
+    # The same password again: nothing to write.
+    written = vault.read_bytes()
+    assert set_mailbox_passwords(vault, pwfile, {"erin@example.org": "old secret"}) == []
+    assert vault.read_bytes() == written
+    # A later ensure_secrets keeps it (it only adds what is missing).
+    ensure_secrets(vault, pwfile, list(NAMES), list(DOMAINS),
+                   mailboxes=["erin@example.org", "frank@example.org"])
+    assert load_secrets(vault, pwfile).mailboxes["erin@example.org"]["password"] == \
+        "old secret"
