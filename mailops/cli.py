@@ -212,7 +212,7 @@ def _migrate(inventory, action: str, source: str, as_json: bool, force: bool) ->
         rows, parity, passwords = migrate.sync(inventory, source)
     else:
         src = migrate.source_of(inventory, source)
-        parity = migrate.parity(inventory, src, migrate.list_users(src),
+        parity = migrate.parity(inventory, src, migrate.list_users(inventory, src),
                                 contained=migrate.move_of(inventory, src).stage != "syncing")
     synced = all(r.result == "ok" for r in rows)
     if as_json:

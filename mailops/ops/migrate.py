@@ -18,6 +18,7 @@ import hashlib
 import imaplib
 import json
 import re
+import socket
 import ssl
 import time
 from collections import Counter
@@ -148,10 +149,10 @@ def connect(source: Source, user: str | None = None) -> imaplib.IMAP4:
         imap.shutdown()
         who = f"{source.admin_user} acting for {user}" if user else source.admin_user
         raise MailopsError(f"{source.host.name}: login as {who} refused ({e})\n  fix: "
-                           + (f"check that {user} exists there" if user else
-                              f"check {MIGRATE_ADMIN_PASSWORD} in the vault and that "
-                              f"{source.admin_user} is an admin (Cyrus `admins:`, Dovecot a "
-                              "master user)")) from None
+                           + (f"check that {user} exists there, " if user else "")
+                           + f"check {MIGRATE_ADMIN_PASSWORD} in the vault and that "
+                           f"{source.admin_user} is an admin (Cyrus `admins:`, Dovecot a "
+                           "master user)") from None
     return imap
 
 
@@ -184,16 +185,25 @@ def quoted(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def list_users(source: Source) -> list[str]:
-    """The server's users, from the admin's view of every mailbox."""
-    imap = connect(source)
+def list_users(inventory: Inventory, source: Source) -> list[str]:
+    """The server's users: Cyrus's from the admin's view of every mailbox,
+    Dovecot's from its userdb."""
+    if source.server == "dovecot":
+        # A Dovecot master user logs in only as somebody else, and sees that
+        # user's folders: its userdb lists the users (over SSH, as root).
+        res = remote.run(inventory, source.host, "doveadm user '*'")
+        if res.returncode != 0:
+            raise MailopsError(f"{source.host.name}: `doveadm user '*'` failed: "
+                               f"{res.stderr.strip()[:300]}\n  fix: its userdb must be able to "
+                               "list users (passwd-file, sql or ldap with an iterate query)")
+        users = sorted({line.strip() for line in res.stdout.splitlines() if line.strip()})
+        if users:
+            connect(source, users[0]).logout()  # the admin login works, or a clear error now
+        return users
+    imap = connect(source)  # the admin login works, or a clear error now
     try:
-        if source.server == "cyrus":
-            typ, data = imap.list('""', "user.%")
-            prefix = "user."
-        else:  # a Dovecot admin sees only its own folders over IMAP
-            raise MailopsError(f"{source.host.name}: reading a Dovecot server's users is not "
-                               f"built yet; only {SOURCE_KEY}.server: cyrus can be moved now")
+        typ, data = imap.list('""', "user.%")
+        prefix = "user."
         if typ != "OK":
             raise MailopsError(f"{source.host.name}: LIST refused for {source.admin_user}")
         return sorted(name.removeprefix(prefix) for _, _, name in _listed(data)
@@ -339,7 +349,7 @@ def _mx_now(inventory: Inventory, domain: str) -> tuple[list[str], int | None]:
 def plan(inventory: Inventory, source_name: str) -> MigratePlan:
     source = source_of(inventory, source_name)
     step("migrate", source.host.name, f"listing the users ({source.admin_user})")
-    users = list_users(source)
+    users = list_users(inventory, source)
     model = load_mail_model(inventory)
     home_of = {a: h.node for a, h in homes(inventory, model).items()}
     boxes = []
@@ -455,10 +465,23 @@ def _sync_user(inventory: Inventory, source: Source, node: Host, user: str,
         res = remote.run(inventory, node, cmd, timeout=3600)
         if res.returncode == 0:
             return "ok", tries
+        if not _answers(source):
+            # What it had copied stays; the next run goes on from there.
+            return (f"FAILED: {source.host.name} ({source.host.address}:{source.port}) "
+                    "stopped answering; run sync again once it is back"), tries
         if res.returncode != 2:
-            return (f"FAILED (exit {res.returncode}): "
-                    f"{(res.stderr or res.stdout).strip().splitlines()[-1:]}"), tries
+            last = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["(no output)"]
+            return f"FAILED (doveadm exit {res.returncode}): {last[0][-200:]}", tries
     return f"FAILED: doveadm asked for another run {SYNC_TRIES} times", SYNC_TRIES
+
+
+def _answers(source: Source) -> bool:
+    """Whether the legacy IMAP server accepts connections now."""
+    try:
+        socket.create_connection((str(source.host.address), source.port), timeout=5).close()
+        return True
+    except OSError:
+        return False
 
 
 SASLDB = "/etc/sasldb2"  # where Cyrus keeps its users' passwords (sasl_sasldb_path)
@@ -490,6 +513,37 @@ def parse_db_dump(text: str) -> dict[str, str]:
     return out
 
 
+_PASSDB = re.compile(r"^passdb \{\n(?P<body>.*?)^\}", re.M | re.S)
+
+
+def passwd_files(doveconf: str) -> list[tuple[str, str]]:
+    """The user passwd-files of a Dovecot configuration (`doveconf -n`), as
+    (path, default scheme); master passdbs and paths with variables left out."""
+    out = []
+    for block in _PASSDB.finditer(doveconf):
+        body = dict(re.findall(r"^\s*(\w+) = (.*)$", block["body"], re.M))
+        if body.get("driver") != "passwd-file" or body.get("master") == "yes":
+            continue
+        args = body.get("args", "").split()
+        scheme = next((a.split("=", 1)[1] for a in args if a.startswith("scheme=")), "CRYPT")
+        path = next((a for a in args if "=" not in a), "")
+        if path and "%" not in path:
+            out.append((path, scheme))
+    return out
+
+
+def parse_passwd_file(text: str, scheme: str) -> dict[str, str]:
+    """user -> Dovecot hash ({SCHEME}...) of a passwd-file."""
+    out = {}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#") or ":" not in line:
+            continue
+        user, hashed = line.split(":", 2)[:2]
+        if hashed:
+            out[user] = hashed if hashed.startswith("{") else f"{{{scheme}}}{hashed}"
+    return out
+
+
 @dataclass
 class PasswordRow:
     user: str
@@ -500,14 +554,16 @@ class PasswordRow:
 def carry_passwords(inventory: Inventory, source: Source,
                     users: list[str]) -> tuple[list[PasswordRow], bool]:
     """The users' legacy passwords into the vault, where the legacy server
-    keeps them readable (Cyrus's sasldb holds them in clear), so they log in
-    to the cluster as before; the others keep the password mailops
+    keeps them readable (Cyrus's sasldb holds them in clear; a Dovecot
+    passwd-file holds hashes Dovecot takes as they are), so they log in to
+    the cluster as before; the others keep the password mailops
     generated (read it with `ansible-vault view`). No password is printed.
     Returns the rows and whether the vault changed (a converge applies it)."""
     from mailops.secrets.vault import set_mailbox_passwords
 
     model = load_mail_model(inventory)
-    known: dict[str, str] = {}
+    known: dict[str, str] = {}  # clear text (Cyrus)
+    hashes: dict[str, str] = {}  # Dovecot hashes, usable as they are
     why = "the legacy server keeps no readable passwords: the generated one stays"
     if source.server == "cyrus":
         res = remote.run(inventory, source.host, f"db_dump -p {SASLDB}")
@@ -516,19 +572,33 @@ def carry_passwords(inventory: Inventory, source: Source,
         else:
             why = (f"{SASLDB} could not be read (db_dump from db-util): the generated "
                    "password stays")
+    else:
+        conf = remote.run(inventory, source.host, "doveconf -n")
+        for path, scheme in passwd_files(conf.stdout):
+            res = remote.run(inventory, source.host, f"cat {path}")
+            if res.returncode == 0:
+                hashes |= parse_passwd_file(res.stdout, scheme)
+        if not hashes:
+            why = ("no passwd-file passdb with the users' hashes found (doveconf -n): the "
+                   "generated password stays")
     wanted: dict[str, str] = {}
+    wanted_hashes: dict[str, str] = {}
     rows, carried = [], []
     for user in users:
         address = source.address(user).lower()
+        found = next((n for n in (user, address) if n in known or n in hashes), None)
         if model.mailbox(address).password_hash:
             rows.append(PasswordRow(user, address, "the mail model sets password_hash: kept"))
-        elif user in known:
-            wanted[address] = known[user]
+        elif found in known:
+            wanted[address] = known[found]
+            carried.append((user, address))
+        elif found in hashes:
+            wanted_hashes[address] = hashes[found]
             carried.append((user, address))
         else:
             rows.append(PasswordRow(user, address, why))
     changed = set(set_mailbox_passwords(vault_file(inventory.path),
-                                        inventory.vault_password_file, wanted))
+                                        inventory.vault_password_file, wanted, wanted_hashes))
     rows += [PasswordRow(u, a, "carried over" + ("" if a in changed else " (unchanged)"))
              for u, a in carried]
     return sorted(rows, key=lambda r: r.address), bool(changed)
@@ -544,7 +614,7 @@ def sync(inventory: Inventory,
     with its password, where it can be carried over), then the parity."""
     source = source_of(inventory, source_name)
     step("migrate", source.host.name, f"listing the users ({source.admin_user})")
-    users = list_users(source)
+    users = list_users(inventory, source)
     home = _homes_of(inventory, source, users)
     merge = move_of(inventory, source).stage != SYNCING
     passwords: list[PasswordRow] = []
@@ -563,6 +633,13 @@ def _sync_all(inventory: Inventory, source: Source, users: list[str], home: dict
     conf = MIGRATE_CONF.format(source=source.host.name)
     written: set[str] = set()
     rows = []
+    # What the legacy server holds as the sync begins: mail keeps arriving
+    # there during a sync, so the parity that follows checks that all of
+    # this is in the cluster, not that both sides are equal afterwards.
+    before = {}
+    for user in users:
+        step("migrate", source.host.name, f"reading {user}'s messages")
+        before[user] = _legacy_messages(source, user)
     for user in users:
         address = source.address(user).lower()
         t0 = time.monotonic()
@@ -580,7 +657,7 @@ def _sync_all(inventory: Inventory, source: Source, users: list[str], home: dict
             used = name
             break
         rows.append(SyncRow(user, address, used, result, tries, time.monotonic() - t0))
-    return rows, parity(inventory, source, users, home, contained=merge)
+    return rows, parity(inventory, source, users, home, contained=True, legacy_read=before)
 
 
 def _homes_of(inventory: Inventory, source: Source, users: list[str]) -> dict[str, Home]:
@@ -634,8 +711,8 @@ class Parity:
         verdict = ("every folder is equal" if self.equal else
                    f"{sum(not f.equal for f in self.folders)} folder(s) differ")
         if contained:
-            verdict += (" (after the cutover: every legacy message is in the cluster with "
-                        "its flags; `extra` is mail that came to the cluster since)")
+            verdict += (" (every message the legacy server held is in the cluster with its "
+                        "flags; `extra` is mail that came since)")
         return "\n".join([table(("user", "folder", "legacy", "cluster", "missing", "extra",
                                  "flags differ", "parity"), rows), "", f"parity: {verdict}"])
 
@@ -700,16 +777,22 @@ def _cluster_messages(inventory: Inventory, node: Host, address: str) -> dict[st
 
 
 def parity(inventory: Inventory, source: Source, users: list[str],
-           home: dict[str, Home] | None = None, contained: bool = False) -> Parity:
+           home: dict[str, Home] | None = None, contained: bool = False,
+           legacy_read: dict[str, dict[str, Counter]] | None = None) -> Parity:
     """Per user and folder: counts, the identities (Message-ID, or a header
-    digest) and flags compared, legacy against the home node."""
+    digest) and flags compared, legacy against the home node. contained:
+    mail the cluster has beyond the legacy server's is no difference (it
+    came since). legacy_read: the legacy side as read earlier (before a
+    sync), instead of now."""
     home = home if home is not None else _homes_of(inventory, source, users)
     nodes = {h.name: h for h in inventory.group("mail")}
     folders = []
     for user in users:
         address = source.address(user).lower()
         step("migrate", source.host.name, f"parity of {user}")
-        legacy = _legacy_messages(source, user)
+        legacy = (legacy_read or {}).get(user)
+        if legacy is None:
+            legacy = _legacy_messages(source, user)
         cluster: dict[str, Counter] | None = None
         errors = []
         for name in home[address].nodes:
@@ -856,9 +939,18 @@ def _relay_script(domain: str, nexthop: str) -> str:
         f'"transport_maps = texthash:{MOVED_MAP}${{cur:+, $cur}}";; esac',
         f"postconf -e 'relayhost = {nexthop}'",
         "postfix check",
+        "t=$(date +%s)",
         "postfix reload >/dev/null 2>&1 || systemctl reload postfix",
         # Deferred mail goes now, to the cluster: carried over, not bounced.
         "postqueue -f",
+        # Deliveries begun before the reload (into the old mailboxes) end
+        # before the final sync reads them: at most 60 s.
+        "for i in $(seq 120); do",
+        "  postqueue -j | grep -E '\"queue_name\": ?\"(active|incoming)\"' "
+        "| grep -oE '\"arrival_time\": ?[0-9]+' "
+        "| awk -F: -v t=$t '$2 <= t {found = 1} END {exit found}' && break",
+        "  sleep 0.5",
+        "done",
         "postqueue -j | wc -l", ""])
 
 
@@ -902,7 +994,8 @@ def cutover(inventory: Inventory, source_name: str, force: bool = False) -> Move
     move = move_of(inventory, source)
     if move.stage == FINISHED:
         raise MailopsError(f"the move from {source.host.name} is finished; nothing to cut over")
-    users = report.run("list the legacy users", source.host.name, lambda: list_users(source))
+    users = report.run("list the legacy users", source.host.name,
+                       lambda: list_users(inventory, source))
     home = _homes_of(inventory, source, users)
     mx, ttl = _mx_now(inventory, source.domain)
     if move.stage == SYNCING:
@@ -977,7 +1070,8 @@ def finish(inventory: Inventory, source_name: str, force: bool = False) -> MoveR
         raise MailopsError(f"the old MX of {source.domain} may still be cached for "
                            f"{wait:.0f} s\n  fix: run finish after that (or --force); "
                            "nothing was changed")
-    users = report.run("list the legacy users", source.host.name, lambda: list_users(source))
+    users = report.run("list the legacy users", source.host.name,
+                       lambda: list_users(inventory, source))
     home = _homes_of(inventory, source, users)
     report.run("keep the legacy server shut to clients", source.host.name,
                lambda: shut_to_clients(inventory, source))

@@ -474,11 +474,13 @@ def load_secrets(vault_file: Path, vault_password_file: Path) -> Secrets:
 
 
 def set_mailbox_passwords(vault_file: Path, vault_password_file: Path,
-                          passwords: Mapping[str, str]) -> list[str]:
+                          passwords: Mapping[str, str],
+                          hashes: Mapping[str, str] | None = None) -> list[str]:
     """Give mailboxes known passwords (carried over from a server they move
-    from): stored as generated ones are, clear and hashed. Returns the
-    addresses whose password changed (names only); the vault is written
-    only when one did."""
+    from): clear ones stored as generated ones are, clear and hashed; where
+    only a Dovecot hash ({SCHEME}...) is known, the hash alone (the clear
+    text stays empty). Returns the addresses whose password changed (names
+    only); the vault is written only when one did."""
     vault_file = Path(vault_file).resolve()
     vault = _vault(Path(vault_password_file))
     raw, current = _load(vault_file, vault)
@@ -489,6 +491,11 @@ def set_mailbox_passwords(vault_file: Path, vault_password_file: Path,
         if boxes.get(address, {}).get("password") != password:
             boxes[address] = {"password": password,
                               "hash": pki.dovecot_sha512_crypt(password)}
+            changed.append(address)
+    for address, hashed in sorted((hashes or {}).items()):
+        address = address.lower()
+        if address not in passwords and boxes.get(address, {}).get("hash") != hashed:
+            boxes[address] = {"password": "", "hash": hashed}
             changed.append(address)
     if changed:
         _save(vault_file, vault, raw, replace(current, mailboxes=boxes))

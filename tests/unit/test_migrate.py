@@ -185,3 +185,19 @@ def test_cyrus_sasldb_passwords_are_read_from_db_dump_with_escapes():
             " erin\\00legacy1\\00cmusaslsecretOTP\n ignored\n"
             "DATA=END\n")
     assert migrate.parse_db_dump(dump) == {"cyrus": "admin-pw", "erin": "a\\b\\c d"}
+
+
+def test_a_legacy_dovecots_user_hashes_are_found_through_doveconf():
+    conf = ("auth_master_user_separator = *\n"
+            "passdb {\n  args = scheme=SHA512-CRYPT /etc/dovecot/master-users\n"
+            "  driver = passwd-file\n  master = yes\n  pass = yes\n}\n"
+            "passdb {\n  args = scheme=SHA512-CRYPT username_format=%n /etc/dovecot/users\n"
+            "  driver = passwd-file\n}\n"
+            "passdb {\n  args = /etc/dovecot/%d/users\n  driver = passwd-file\n}\n"
+            "userdb {\n  args = username_format=%n /etc/dovecot/users\n"
+            "  driver = passwd-file\n}\n")
+    assert migrate.passwd_files(conf) == [("/etc/dovecot/users", "SHA512-CRYPT")]
+    users = ("erin:{SHA512-CRYPT}$6$abc$def::::::\n# a comment\n"
+             "frank:$6$xyz$uvw:1000:1000::/home/frank::\nnopass:::::::\n")
+    assert migrate.parse_passwd_file(users, "SHA512-CRYPT") == {
+        "erin": "{SHA512-CRYPT}$6$abc$def", "frank": "{SHA512-CRYPT}$6$xyz$uvw"}
