@@ -84,6 +84,24 @@ def _parser() -> argparse.ArgumentParser:
     mg.add_argument("--json", action="store_true")
     inv(mg)
 
+    st = sub.add_parser("status", help="the whole cluster in one look: services, queues, "
+                                       "disk, certificate and DKIM key ages, the balancer's "
+                                       "backends, replication lag; exit 1 on a problem")
+    st.add_argument("--json", action="store_true")
+    inv(st)
+
+    for name, text in (("drain", "the balancer sends NODE no new sessions; open ones may "
+                                 "finish (up to --wait s); its queue is delivered"),
+                       ("undrain", "NODE takes sessions again, once every health check "
+                                   "passes")):
+        dr = sub.add_parser(name, help=text)
+        dr.add_argument("node", help="the mail node, e.g. mail2")
+        if name == "drain":
+            dr.add_argument("--wait", type=float, default=120, metavar="S",
+                            help="how long open sessions may take to finish (default 120)")
+        dr.add_argument("--json", action="store_true")
+        inv(dr)
+
     rb = sub.add_parser("rebuild", help="rebuild a lost mail node on its empty host: drained, "
                                         "converged, resynced from its pair, its queue back, "
                                         "undrained, verified")
@@ -316,6 +334,19 @@ def main(argv: list[str]) -> int:
             return 0 if moved.ok else 1
         elif args.command == "migrate":
             return _migrate(inventory, args.action, args.source, args.json, args.force)
+        elif args.command == "status":
+            from mailops.ops.status import status
+
+            found = status(inventory)
+            print(json.dumps(found.to_dict(), indent=2) if args.json else found.text())
+            return 0 if found.ok else 1
+        elif args.command in ("drain", "undrain"):
+            from mailops.ops import drain as ops_drain
+
+            done = (ops_drain.drain(inventory, args.node, args.wait) if args.command == "drain"
+                    else ops_drain.undrain(inventory, args.node))
+            print(json.dumps(done.to_dict(), indent=2) if args.json else done.text())
+            return 0 if done.ok else 1
         elif args.command == "rebuild":
             from mailops.ops.rebuild import rebuild
 

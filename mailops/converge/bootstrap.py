@@ -35,7 +35,8 @@ class BootstrapResult:
         return table(["host", "operations", "changed", "result"], rows)
 
 
-def _ssh_data(host: Host, inventory: Inventory) -> dict:
+def pyinfra_host_data(host: Host, inventory: Inventory) -> dict:
+    """How pyinfra reaches a host: the inventory's resolved SSH connection."""
     conn = inventory.connection(host)
     data = {"ssh_hostname": conn.address, "ssh_user": conn.user, "ssh_port": conn.port,
             "mailops_host": host, "ssh_strict_host_key_checking": "yes"}
@@ -97,7 +98,7 @@ def bootstrap(inventory: Inventory) -> BootstrapResult:
     from pyinfra.api.state import StateStage
 
     logging.getLogger("pyinfra").setLevel(logging.CRITICAL)
-    names = [(h.name, _ssh_data(h, inventory)) for h in inventory.hosts]
+    names = [(h.name, pyinfra_host_data(h, inventory)) for h in inventory.hosts]
     pyinv = PyInventory((names, {}))
     config = Config(CONNECT_TIMEOUT=10, FAIL_PERCENT=100)
     state = State(check_for_changes=False)

@@ -82,11 +82,16 @@ def haproxy_states(inventory: Inventory, lb: Host) -> dict[tuple[str, str], dict
                      timeout=20)
     if res.returncode != 0:
         raise RuntimeError(res.stderr.strip() or f"exit {res.returncode}")
-    lines = res.stdout.splitlines()
+    return parse_haproxy_stat(res.stdout)
+
+
+def parse_haproxy_stat(text: str) -> dict[tuple[str, str], dict]:
+    """HAProxy's `show stat` CSV -> (backend, server) -> its row."""
+    lines = text.splitlines()
     header = lines[0].lstrip("# ").split(",")
     rows = [dict(zip(header, ln.split(","), strict=False)) for ln in lines[1:] if ln]
     return {(r["pxname"], r["svname"]): r for r in rows
-            if r.get("svname") not in ("FRONTEND", "BACKEND")}
+            if r.get("svname") not in (None, "FRONTEND", "BACKEND")}
 
 
 def check_balancer_view(inventory: Inventory, svc: Service, report: Report) -> None:
