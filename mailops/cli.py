@@ -23,6 +23,12 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("-i", "--inventory", type=Path, default=DEFAULT_INVENTORY,
                         help="inventory folder (default: inventories/lab)")
 
+    def wait_json(sp: argparse.ArgumentParser, default: float, what: str) -> None:
+        sp.add_argument("--wait", type=float, default=default, metavar="S",
+                        help=f"how long {what} open sessions may take to finish ({default:.0f})")
+        sp.add_argument("--json", action="store_true")
+        inv(sp)
+
     lab = sub.add_parser("lab", help="the lab: Debian hosts on this machine")
     lab.add_argument("action", choices=["up", "down", "status"])
     lab.add_argument("--rebuild-image", action="store_true",
@@ -97,10 +103,22 @@ def _parser() -> argparse.ArgumentParser:
         dr = sub.add_parser(name, help=text)
         dr.add_argument("node", help="the mail node, e.g. mail2")
         if name == "drain":
-            dr.add_argument("--wait", type=float, default=120, metavar="S",
-                            help="how long open sessions may take to finish (default 120)")
-        dr.add_argument("--json", action="store_true")
-        inv(dr)
+            wait_json(dr, 120, "its")
+        else:
+            dr.add_argument("--json", action="store_true")
+            inv(dr)
+
+    ru = sub.add_parser("rolling-update", help="one mail node at a time: drain, apt-get "
+                                               "upgrade, converge it, check its ports and a "
+                                               "round trip, undrain; stops at the first failure")
+    ru.add_argument("--no-upgrade", action="store_true",
+                    help="only converge (a configuration change), no apt-get upgrade")
+    wait_json(ru, 60, "a drained node's")
+
+    rs_ = sub.add_parser("restart", help="restart a service on every mail node, one at a "
+                                         "time, each drained first and checked after")
+    rs_.add_argument("service", choices=["postfix", "dovecot", "rspamd", "redis"])
+    wait_json(rs_, 60, "a drained node's")
 
     rb = sub.add_parser("rebuild", help="rebuild a lost mail node on its empty host: drained, "
                                         "converged, resynced from its pair, its queue back, "
@@ -347,6 +365,14 @@ def main(argv: list[str]) -> int:
                     else ops_drain.undrain(inventory, args.node))
             print(json.dumps(done.to_dict(), indent=2) if args.json else done.text())
             return 0 if done.ok else 1
+        elif args.command in ("rolling-update", "restart"):
+            from mailops.ops import rolling
+
+            rolled = (rolling.rolling_update(inventory, not args.no_upgrade, args.wait)
+                      if args.command == "rolling-update"
+                      else rolling.restart(inventory, args.service, args.wait))
+            print(json.dumps(rolled.to_dict(), indent=2) if args.json else rolled.text())
+            return 0 if rolled.ok else 1
         elif args.command == "rebuild":
             from mailops.ops.rebuild import rebuild
 

@@ -8,7 +8,9 @@ nothing needs doing, so they are safe to repeat.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,11 +45,17 @@ class DrainReport:
                           for w, r, t in self.steps]}
 
 
-def _node(inventory: Inventory, node: str):
+@contextlib.contextmanager
+def _balancers_and(inventory: Inventory, node: str, phase: str) -> Iterator[Session]:
+    """A pyinfra session over the balancers and the mail node `node`, all
+    reachable, or an error before anything changes."""
     nodes = {h.name: h for h in inventory.group("mail")}
     if node not in nodes:
         raise MailopsError(f"{node}: not a mail node; use one of {', '.join(nodes)}")
-    return nodes[node]
+    with session(inventory, [*inventory.group("lb"), nodes[node]], phase) as s:
+        if s.down:
+            raise MailopsError(f"unreachable over SSH: {', '.join(s.down)}; nothing changed")
+        yield s
 
 
 def _sessions(s: Session, node: str) -> int:
@@ -61,11 +69,8 @@ def _states(s: Session, node: str) -> set[str]:
 
 
 def drain(inventory: Inventory, node: str, wait: float = SESSION_WAIT) -> DrainReport:
-    host = _node(inventory, node)
     report = DrainReport("drain", node)
-    with session(inventory, [*inventory.group("lb"), host], "drain") as s:
-        if s.down:
-            raise MailopsError(f"unreachable over SSH: {', '.join(s.down)}; nothing changed")
+    with _balancers_and(inventory, node, "drain") as s:
         t0 = time.monotonic()
         changed = set_balancer_state(s, node, "drain")
         report.add("no new sessions from the balancer",
@@ -95,11 +100,8 @@ def drain(inventory: Inventory, node: str, wait: float = SESSION_WAIT) -> DrainR
 
 
 def undrain(inventory: Inventory, node: str) -> DrainReport:
-    host = _node(inventory, node)
     report = DrainReport("undrain", node)
-    with session(inventory, [*inventory.group("lb"), host], "undrain") as s:
-        if s.down:
-            raise MailopsError(f"unreachable over SSH: {', '.join(s.down)}; nothing changed")
+    with _balancers_and(inventory, node, "undrain") as s:
         t0 = time.monotonic()
         changed = set_balancer_state(s, node, "ready")
         report.add("sessions from the balancer again",

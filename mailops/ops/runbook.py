@@ -95,20 +95,30 @@ class Session:
     def operate(self, name: str, host: str, commands: list[str]) -> bool:
         """A named operation: the commands (already only those that need
         running, decided from a fact) run on the host; True if any ran."""
-        from pyinfra.api.operation import add_op
-        from pyinfra.api.operations import run_ops
         from pyinfra.operations import server
 
         if not commands:
             step(self.phase, host, f"{name}: nothing to do")
             return False
-        step(self.phase, host, name)
-        add_op(self.state, server.shell, name=name, host=self.pyhost(host),
-               commands=commands)
-        run_ops(self.state)
-        if self.pyhost(host) in self.state.failed_hosts:
-            raise MailopsError(f"{host}: {name} failed")
+        self.apply(name, host, server.shell, commands=commands)
         return True
+
+    def apply(self, name: str, host: str, op: Any, **kwargs: Any) -> bool:
+        """Any pyinfra operation, named, on one host, now; True if it changed
+        something (pyinfra operations read their facts first)."""
+        from pyinfra.api.operation import add_op
+        from pyinfra.api.operations import run_ops
+
+        step(self.phase, host, name)
+        pyhost = self.pyhost(host)
+        pyhost.facts = {}  # decided from the host as it is now
+        before = set(self.state.ops.get(pyhost, {}))
+        add_op(self.state, op, name=name, host=pyhost, **kwargs)
+        run_ops(self.state)
+        if pyhost in self.state.failed_hosts:
+            raise MailopsError(f"{host}: {name} failed")
+        new = [m for h, m in self.state.ops.get(pyhost, {}).items() if h not in before]
+        return any(m.operation_meta.did_change() for m in new)
 
     def close(self) -> None:
         from pyinfra.api.connect import disconnect_all

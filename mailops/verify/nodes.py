@@ -132,6 +132,18 @@ def check_balancer_view(inventory: Inventory, svc: Service, report: Report) -> N
         _proxy_probe(inventory, lb, node, svc, ca, report)
 
 
+def probe_node(inventory: Inventory, node: Host, svc: Service) -> Report:
+    """Every service port of one node, spoken to as the balancer does (PROXY
+    header, protocol up to TLS, certificate): a runbook's health check of a
+    node the balancer does not send sessions to (drained)."""
+    report = Report()
+    lbs = inventory.group("lb")
+    if lbs:
+        _proxy_probe(inventory, lbs[0], node, svc,
+                     svc.ca_file.read_text() if svc.ca_file else "", report)
+    return report
+
+
 def _proxy_probe(inventory: Inventory, lb: Host, node: Host, svc: Service, ca: str,
                  report: Report) -> None:
     params = {"node": str(node.address), "src": str(lb.address), "name": svc.service_name,
