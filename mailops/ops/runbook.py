@@ -105,20 +105,37 @@ class Session:
 
     def apply(self, name: str, host: str, op: Any, **kwargs: Any) -> bool:
         """Any pyinfra operation, named, on one host, now; True if it changed
-        something (pyinfra operations read their facts first)."""
+        something (pyinfra operations read their facts first). Each runs in
+        a state of its own: pyinfra runs every operation a state holds on
+        each run, and a runbook decides step by step."""
+        from pyinfra.api import Config, State
+        from pyinfra.api import Inventory as PyInventory
+        from pyinfra.api.connect import connect_all, disconnect_all
         from pyinfra.api.operation import add_op
         from pyinfra.api.operations import run_ops
+        from pyinfra.api.state import StateStage
 
         step(self.phase, host, name)
-        pyhost = self.pyhost(host)
-        pyhost.facts = {}  # decided from the host as it is now
-        before = set(self.state.ops.get(pyhost, {}))
-        add_op(self.state, op, name=name, host=pyhost, **kwargs)
-        run_ops(self.state)
-        if pyhost in self.state.failed_hosts:
-            raise MailopsError(f"{host}: {name} failed")
-        new = [m for h, m in self.state.ops.get(pyhost, {}).items() if h not in before]
-        return any(m.operation_meta.did_change() for m in new)
+        pyinv = PyInventory(([(host, pyinfra_host_data(self.hosts[host], self.inventory))],
+                             {}))
+        state = State(check_for_changes=False)
+        state.init(pyinv, Config(CONNECT_TIMEOUT=10, FAIL_PERCENT=100))
+        state.set_stage(StateStage.Connect)
+        connect_all(state)
+        try:
+            pyhost = pyinv.get_host(host)
+            if pyhost not in state.activated_hosts:
+                raise MailopsError(f"{host}: unreachable over SSH; {name} not done")
+            state.set_stage(StateStage.Prepare)
+            add_op(state, op, name=name, host=pyhost, **kwargs)
+            state.set_stage(StateStage.Execute)
+            run_ops(state)
+            if pyhost in state.failed_hosts:
+                raise MailopsError(f"{host}: {name} failed")
+            return any(m.operation_meta.did_change()
+                       for m in state.ops.get(pyhost, {}).values())
+        finally:
+            disconnect_all(state)
 
     def close(self) -> None:
         from pyinfra.api.connect import disconnect_all
