@@ -248,8 +248,9 @@ def _migrate(inventory, action: str, source: str, as_json: bool, force: bool) ->
         rows, parity, passwords = migrate.sync(inventory, source)
     else:
         src = migrate.source_of(inventory, source)
+        moved = migrate.move_of(inventory, src).stage != "syncing"
         parity = migrate.parity(inventory, src, migrate.list_users(inventory, src),
-                                contained=migrate.move_of(inventory, src).stage != "syncing")
+                                contained=moved, uids_count=not moved)
     synced = all(r.result == "ok" for r in rows)
     if as_json:
         print(json.dumps({"synced": [r.__dict__ for r in rows], "parity": parity.to_dict(),

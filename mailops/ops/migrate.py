@@ -657,7 +657,8 @@ def _sync_all(inventory: Inventory, source: Source, users: list[str], home: dict
             used = name
             break
         rows.append(SyncRow(user, address, used, result, tries, time.monotonic() - t0))
-    return rows, parity(inventory, source, users, home, contained=True, legacy_read=before)
+    return rows, parity(inventory, source, users, home, contained=True, legacy_read=before,
+                        uids_count=not merge)
 
 
 def _homes_of(inventory: Inventory, source: Source, users: list[str]) -> dict[str, Home]:
@@ -687,13 +688,20 @@ class FolderParity:
     flags_differ: int
 
     contained: bool = False  # after the cutover: new mail in the cluster is no difference
+    uidvalidity_kept: bool = True  # the cluster's folder has the legacy one's UIDVALIDITY
+    uids_differ: int = 0  # legacy messages whose UID is not theirs in the cluster
+    # After the cutover a message that reached the legacy server late may
+    # get a new UID (the cluster has used its number since): shown, not a
+    # difference then.
+    uids_count: bool = True
 
     @property
     def equal(self) -> bool:
+        uids = not self.uids_count or (self.uidvalidity_kept and not self.uids_differ)
         if self.contained:
-            return not (self.missing or self.flags_differ)
-        return not (self.missing or self.extra or self.flags_differ) and \
-            self.legacy == self.cluster
+            return not (self.missing or self.flags_differ) and uids
+        return not (self.missing or self.extra or self.flags_differ) and uids \
+            and self.legacy == self.cluster
 
 
 @dataclass
@@ -706,6 +714,8 @@ class Parity:
 
     def table(self) -> str:
         rows = [(f.user, f.folder, f.legacy, f.cluster, f.missing, f.extra, f.flags_differ,
+                 ("kept" if f.uidvalidity_kept and not f.uids_differ else
+                  "NEW UIDVALIDITY" if not f.uidvalidity_kept else f"{f.uids_differ} moved"),
                  "equal" if f.equal else "DIFFERENT") for f in self.folders]
         contained = any(f.contained for f in self.folders)
         verdict = ("every folder is equal" if self.equal else
@@ -714,7 +724,8 @@ class Parity:
             verdict += (" (every message the legacy server held is in the cluster with its "
                         "flags; `extra` is mail that came since)")
         return "\n".join([table(("user", "folder", "legacy", "cluster", "missing", "extra",
-                                 "flags differ", "parity"), rows), "", f"parity: {verdict}"])
+                                 "flags differ", "uids", "parity"), rows), "",
+                          f"parity: {verdict}"])
 
     def to_dict(self) -> dict[str, Any]:
         return {"equal": self.equal, "folders": [{**f.__dict__, "equal": f.equal}
@@ -737,14 +748,24 @@ def cluster_name(source: Source, name: str, sep: str) -> str:
     return "/".join(imap_name(part) if "&" in part else part for part in name.split(sep))
 
 
-def _legacy_messages(source: Source, user: str) -> dict[str, Counter]:
-    """folder (cluster naming) -> Counter of (identity, flags)."""
+@dataclass
+class FolderRead:
+    """One side's folder as read for the parity."""
+    messages: Counter = field(default_factory=Counter)  # (identity, flags) -> count
+    uidvalidity: int = 0
+    uids: dict[int, str] = field(default_factory=dict)  # UID -> identity
+
+
+def _legacy_messages(source: Source, user: str) -> dict[str, FolderRead]:
+    """folder (cluster naming) -> what it holds, read over IMAP."""
     imap = connect(source, user)
-    out: dict[str, Counter] = {}
+    out: dict[str, FolderRead] = {}
     try:
         for name, sep, count in _each_folder(imap, source, user):
-            got: Counter = Counter()
-            typ, items = imap.fetch("1:*", "(FLAGS BODY.PEEK[HEADER])") if count else ("OK", [])
+            got = FolderRead(uidvalidity=int(imap.untagged_responses.get(
+                "UIDVALIDITY", [b"0"])[-1]))
+            typ, items = (imap.fetch("1:*", "(UID FLAGS BODY.PEEK[HEADER])") if count
+                          else ("OK", []))
             for item in items or []:
                 if not isinstance(item, tuple):
                     continue
@@ -753,32 +774,38 @@ def _legacy_messages(source: Source, user: str) -> dict[str, Counter]:
                                          - {"\\Recent"}))
                 msgid = re.search(rb"(?im)^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", item[1])
                 ident = identity(msgid[1].decode(errors="replace") if msgid else "", item[1])
-                got[(ident, mflags)] += 1
+                got.messages[(ident, mflags)] += 1
+                if uid := re.search(rb"UID (\d+)", item[0]):
+                    got.uids[int(uid[1])] = ident
             out[cluster_name(source, name, sep or ".")] = got
     finally:
         imap.logout()
     return out
 
 
-def _cluster_messages(inventory: Inventory, node: Host, address: str) -> dict[str, Counter]:
+def _cluster_messages(inventory: Inventory, node: Host, address: str) -> dict[str, FolderRead]:
     res = remote.run(inventory, node, f"doveadm -f json fetch -u {address} "
-                     "'mailbox flags hdr.message-id hdr' all", timeout=900)
+                     "'mailbox uid flags hdr.message-id hdr' all", timeout=900)
     if res.returncode != 0:
         raise MailopsError(f"{node.name}: reading {address} failed: {res.stderr.strip()[:300]}")
-    out: dict[str, Counter] = {}
-    listed = remote.run(inventory, node, f"doveadm mailbox list -u {address}")
-    for name in listed.stdout.splitlines():
-        out.setdefault(name.strip(), Counter())
+    out: dict[str, FolderRead] = {}
+    status = remote.run(inventory, node, f"doveadm -f json mailbox status -u {address} "
+                        "uidvalidity '*'")
+    for box in json.loads(status.stdout or "[]") if status.returncode == 0 else []:
+        out[box["mailbox"]] = FolderRead(uidvalidity=int(box.get("uidvalidity") or 0))
     for m in json.loads(res.stdout or "[]"):
         flags = " ".join(sorted(set(m["flags"].split()) - {"\\Recent"}))
         ident = identity(m["hdr.message-id"], m["hdr"].encode())
-        out.setdefault(m["mailbox"], Counter())[(ident, flags)] += 1
+        got = out.setdefault(m["mailbox"], FolderRead())
+        got.messages[(ident, flags)] += 1
+        got.uids[int(m["uid"])] = ident
     return out
 
 
 def parity(inventory: Inventory, source: Source, users: list[str],
            home: dict[str, Home] | None = None, contained: bool = False,
-           legacy_read: dict[str, dict[str, Counter]] | None = None) -> Parity:
+           legacy_read: dict[str, dict[str, FolderRead]] | None = None,
+           uids_count: bool = True) -> Parity:
     """Per user and folder: counts, the identities (Message-ID, or a header
     digest) and flags compared, legacy against the home node. contained:
     mail the cluster has beyond the legacy server's is no difference (it
@@ -793,7 +820,7 @@ def parity(inventory: Inventory, source: Source, users: list[str],
         legacy = (legacy_read or {}).get(user)
         if legacy is None:
             legacy = _legacy_messages(source, user)
-        cluster: dict[str, Counter] | None = None
+        cluster: dict[str, FolderRead] | None = None
         errors = []
         for name in home[address].nodes:
             try:
@@ -805,10 +832,16 @@ def parity(inventory: Inventory, source: Source, users: list[str],
             raise MailopsError(f"{address}: no node of its pair could be read:\n"
                                + "\n".join(errors))
         for folder in sorted(set(legacy) | set(cluster)):
-            if folder not in legacy and not cluster[folder]:
+            if folder not in legacy and not cluster[folder].messages:
                 continue  # an empty folder the cluster makes for every mailbox
-            folders.append(compare_folder(user, folder, legacy.get(folder, Counter()),
-                                          cluster.get(folder, Counter()), contained))
+            old, new = legacy.get(folder, FolderRead()), cluster.get(folder, FolderRead())
+            result = compare_folder(user, folder, old.messages, new.messages, contained)
+            if folder in legacy and folder in cluster:
+                result.uidvalidity_kept = old.uidvalidity == new.uidvalidity
+                result.uids_differ = sum(new.uids.get(uid) != ident
+                                         for uid, ident in old.uids.items())
+            result.uids_count = uids_count
+            folders.append(result)
     return Parity(folders)
 
 
@@ -926,11 +959,40 @@ def shut_to_clients(inventory: Inventory, source: Source) -> str:
     return f"logins refused except from {', '.join(allowed)}"
 
 
-def _relay_script(domain: str, nexthop: str) -> str:
+# Waits until deliveries begun before the reload (time $t) have ended: at
+# most 60 s.
+_WAIT_BEGUN = [
+    "for i in $(seq 120); do",
+    "  postqueue -j | grep -E '\"queue_name\": ?\"(active|incoming)\"' "
+    "| grep -oE '\"arrival_time\": ?[0-9]+' "
+    "| awk -F: -v t=$t '$2 <= t {found = 1} END {exit found}' && break",
+    "  sleep 0.5",
+    "done"]
+
+
+def _hold_script() -> str:
+    """The legacy Postfix stops delivering into its own mailboxes (its local
+    transports deferred: mail queues there), so the final sync reads a
+    mailbox nothing changes any more."""
     return "\n".join([
         "set -e",
         "cd /etc/postfix",
         # What it was, once: the first cutover run's view, for a way back.
+        "[ -e mailops-premove.cf ] || postconf -n > mailops-premove.cf",
+        "held=$(for p in virtual_transport mailbox_transport local_transport; do "
+        "postconf -h $p | cut -d: -f1; done | grep -v '^$' | grep -vx smtp | sort -u "
+        "| paste -sd' ')",
+        'postconf -e "defer_transports = $held"',
+        "t=$(date +%s)",
+        "postfix reload >/dev/null 2>&1 || systemctl reload postfix",
+        *_WAIT_BEGUN,
+        'echo "$held"', ""])
+
+
+def _relay_script(domain: str, nexthop: str) -> str:
+    return "\n".join([
+        "set -e",
+        "cd /etc/postfix",
         "[ -e mailops-premove.cf ] || postconf -n > mailops-premove.cf",
         f"printf '%s smtp:%s\\n' '{domain}' '{nexthop}' > {MOVED_MAP}.new",
         f"mv {MOVED_MAP}.new {MOVED_MAP}",
@@ -938,20 +1000,26 @@ def _relay_script(domain: str, nexthop: str) -> str:
         f'case "$cur" in *{MOVED_MAP}*) ;; *) postconf -e '
         f'"transport_maps = texthash:{MOVED_MAP}${{cur:+, $cur}}";; esac',
         f"postconf -e 'relayhost = {nexthop}'",
+        # The hold ends: what queued meanwhile goes to the cluster now.
+        "was=$(sed -n 's/^defer_transports = //p' mailops-premove.cf)",
+        'postconf -e "defer_transports = $was"',
         "postfix check",
         "t=$(date +%s)",
         "postfix reload >/dev/null 2>&1 || systemctl reload postfix",
         # Deferred mail goes now, to the cluster: carried over, not bounced.
         "postqueue -f",
-        # Deliveries begun before the reload (into the old mailboxes) end
-        # before the final sync reads them: at most 60 s.
-        "for i in $(seq 120); do",
-        "  postqueue -j | grep -E '\"queue_name\": ?\"(active|incoming)\"' "
-        "| grep -oE '\"arrival_time\": ?[0-9]+' "
-        "| awk -F: -v t=$t '$2 <= t {found = 1} END {exit found}' && break",
-        "  sleep 0.5",
-        "done",
+        *_WAIT_BEGUN,
         "postqueue -j | wc -l", ""])
+
+
+def hold_deliveries(inventory: Inventory, source: Source) -> str:
+    res = remote.run(inventory, source.host, "bash -s", stdin=_hold_script())
+    if res.returncode != 0:
+        raise MailopsError(f"{source.host.name}: holding Postfix's local deliveries failed: "
+                           f"{(res.stderr or res.stdout).strip()[-300:]}\n  fix: see "
+                           f"/etc/postfix there (mailops-premove.cf is how it was), then run "
+                           "the cutover again")
+    return f"deliveries into its mailboxes held ({res.stdout.strip() or 'none'} deferred)"
 
 
 def relay_to_cluster(inventory: Inventory, source: Source) -> str:
@@ -1023,6 +1091,22 @@ def cutover(inventory: Inventory, source_name: str, force: bool = False) -> Move
     t_closed = time.monotonic()
     report.run("shut the legacy server to clients", source.host.name,
                lambda: shut_to_clients(inventory, source))
+    # Nothing changes the legacy mailboxes from here on: the cluster still
+    # forwards the domain's mail there, where it now queues. The final sync
+    # therefore meets no new mail on either side (a one-way sync over mail
+    # that both sides took since can store a message twice).
+    report.run("hold the legacy server's own deliveries", source.host.name,
+               lambda: hold_deliveries(inventory, source))
+    merge = move.stage != SYNCING  # a re-run: the cluster may hold new mail by now
+    rows, report.parity = report.run(
+        "final sync and compare", "cluster",
+        lambda: _sync_all(inventory, source, users, home, merge))
+    if any(r.result != "ok" for r in rows) or not report.parity.equal:
+        report.steps.append(StepRow("stopped", "cluster", "parity does not hold after the "
+                                    "final sync: the legacy server stays shut and holds its "
+                                    "mail (queued, not lost); fix, then run the cutover again",
+                                    0.0))
+        return report
     if move.stage == SYNCING:
         report.run("record the cutover", "inventory",
                    lambda: set_stage(inventory, source.host.name, CUTOVER,
@@ -1031,16 +1115,8 @@ def cutover(inventory: Inventory, source_name: str, force: bool = False) -> Move
         inventory = load_inventory(inventory.path)
     report.run("converge the mail nodes (they take the domain)", "mail",
                lambda: _converge_mail(inventory))
-    report.run("turn the legacy Postfix into a relay", source.host.name,
-               lambda: relay_to_cluster(inventory, source))
-    rows, report.parity = report.run(
-        "final sync (sync -1) and compare", "cluster",
-        lambda: _sync_all(inventory, source, users, home, True))
-    if any(r.result != "ok" for r in rows) or not report.parity.equal:
-        report.steps.append(StepRow("stopped", "cluster", "parity does not hold after the "
-                                    "final sync: DNS not switched; run the cutover again",
-                                    0.0))
-        return report
+    report.run("turn the legacy Postfix into a relay (its queue to the cluster)",
+               source.host.name, lambda: relay_to_cluster(inventory, source))
 
     def publish() -> str:
         done = dnsdeploy.apply(inventory, adopt=frozenset({source.domain}))

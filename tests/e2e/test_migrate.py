@@ -40,7 +40,7 @@ USERS = ("erin", "frank", "gina")
 FOLDERS = ("INBOX", "INBOX.Sent", "INBOX.Archive", "INBOX.Archive.2024",
            "INBOX.R&AOk-unions", "INBOX.Kunden &- Partner")
 FLAGS = ("", r"\Seen", r"\Seen \Flagged", r"\Seen \Answered", r"\Seen $Important")
-PER_USER = 400  # messages per user, spread over FOLDERS
+PER_USER = 700  # messages per user, spread over FOLDERS
 
 
 def _admin_for(address: str, user: str, password: str) -> imaplib.IMAP4:
@@ -283,6 +283,9 @@ def test_migrate_sync_brings_every_message_once_with_its_flags(legacy, node, lab
     report = json.loads(res.stdout)
     assert [r["result"] for r in report["synced"]] == ["ok"] * len(USERS)
     assert report["parity"]["equal"]
+    # mailops's own report: UIDVALIDITY and every UID kept, folder by folder.
+    assert all(f["uidvalidity_kept"] and f["uids_differ"] == 0 and f["uids_count"]
+               for f in report["parity"]["folders"]), report["parity"]
     # Cyrus keeps its users' passwords readable: carried over, so each
     # user logs in to the cluster (through the balancer) as before.
     assert {r["user"]: r["result"].startswith("carried over") for r in report["passwords"]} == \
