@@ -8,6 +8,7 @@ machine is shared and noisy); bare times are kept in the JSON for reference.
 from __future__ import annotations
 
 import contextlib
+import imaplib
 import json
 import os
 import signal
@@ -142,6 +143,25 @@ def load(inv: Path):
     from mailops.inventory.model import load_inventory
 
     return load_inventory(inv)
+
+
+def wait_for(fn: Callable[[], Any], timeout: float, what: str | None = None,
+             every: float = 1.0) -> Any:
+    """fn()'s first true value within timeout (a connection error counts as
+    not yet); on timeout an error naming `what`, or None without one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = fn()
+        except (OSError, RuntimeError, IndexError, imaplib.IMAP4.error):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            if what is None:
+                return None
+            raise RuntimeError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(every)
 
 
 def median_of(fn: Callable[[], float], n: int) -> tuple[float, list[float]]:

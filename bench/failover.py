@@ -22,6 +22,15 @@ down before it stops proxying her sessions there).
 Figures: seconds from poweroff to routed around, that divided by the health
 check interval (haproxy__check_inter), messages lost and stored twice (both
 must be 0), and the IMAP outage in seconds.
+
+Then the balancers: the same client sends through the floating address (at
+most 200 messages or 90 s); after 40 are accepted the balancer holding it
+loses power (`systemctl poweroff --force --force`: its init is killed, so
+keepalived sends no goodbye advert). A watcher on the other balancer notes
+when it holds the address. Figures: seconds from the power cut to the move,
+over the VRRP advert interval (keepalived__advert_int), and messages
+accepted but not delivered (must be 0). The balancer is booted again and
+must not take the address back (nopreempt).
 Results: bench/results/failover.json.
 """
 
@@ -38,7 +47,7 @@ import time
 import uuid
 
 import benchlib
-from benchlib import say
+from benchlib import say, wait_for
 
 LAB = ("mfail", "198.18.63")
 MAX_MESSAGES = 300
@@ -78,6 +87,117 @@ sys.exit(1)
 '''
 
 
+VIP_MAX_MESSAGES = 200
+VIP_CUT_AFTER = 40
+
+
+def advert_int() -> float:
+    import yaml
+
+    defaults = yaml.safe_load((benchlib.ROOT / "roles/keepalived/defaults/main.yml").read_text())
+    return float(defaults["keepalived__advert_int"])
+
+
+def send(ep, password: str, prefix: str, limit: int, stop: threading.Event, deadline: float,
+         accepted: list[tuple[float, str]], refused: list[str]) -> None:
+    """Up to `limit` messages to USER on 587 (STARTTLS, login), five a
+    session, a broken session replaced by a new one; until stopped or the
+    deadline. accepted gets (time, subject) of each 250, refused the rest."""
+    from mailops.verify.mailclient import message
+
+    conn = None
+    for i in range(limit):
+        if stop.is_set() or time.monotonic() > deadline:
+            break
+        subject = f"{prefix} {i:03d}"
+        try:
+            if conn is None or i % 5 == 0:
+                if conn is not None:
+                    with contextlib.suppress(smtplib.SMTPException, OSError):
+                        conn.quit()
+                conn = ep.smtp_tls(587)
+                conn.login(USER, password)
+            bad = conn.send_message(message(USER, [USER], subject))
+            if bad:
+                refused.append(subject)
+            else:
+                accepted.append((time.time(), subject))
+        except (smtplib.SMTPException, OSError):
+            refused.append(subject)
+            conn = None
+            time.sleep(0.2)  # a moment before the next session, as a client would
+    if conn is not None:
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            conn.quit()
+
+
+def balancer_cut(inventory, lab, ep, password: str, prefix: str) -> dict:
+    """The balancer holding the floating address loses power under load."""
+    from mailops.verify import mailclient
+    from mailops.verify.nodes import FLOATING_WATCH, floating_holders
+
+    vip = str(inventory.floating_address)
+    held = [n for n, h in floating_holders(inventory).items() if h]
+    if len(held) != 1:
+        raise RuntimeError(f"{vip} held by {held or 'nobody'}")
+    holder = inventory.host(held[0])
+    other = next(h for h in inventory.group("lb") if h != holder)
+    accepted: list[tuple[float, str]] = []
+    refused: list[str] = []
+    stop = threading.Event()
+    deadline = time.monotonic() + MAX_SECONDS
+
+    watcher = subprocess.Popen([*lab.ssh_argv(other), "python3", "-", vip, "60"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    watcher.stdin.write(FLOATING_WATCH)
+    watcher.stdin.close()
+    if watcher.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"the watcher on {other.name} did not start")
+    say(f"client: up to {VIP_MAX_MESSAGES} messages through {vip}:587 ({holder.name} holds it)")
+    thread = threading.Thread(target=send, args=(ep, password, prefix, VIP_MAX_MESSAGES, stop,
+                                                 deadline, accepted, refused), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(accepted) >= VIP_CUT_AFTER, 60,
+                 f"{VIP_CUT_AFTER} messages accepted", every=0.2)
+        say(f"{len(accepted)} accepted; cutting {holder.name}'s power")
+        cut = time.time()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            lab.ssh(holder, "systemctl poweroff --force --force", timeout=10)
+        seen = watcher.stdout.readline().split()
+        watcher.wait(timeout=70)
+        if len(seen) != 2 or seen[0] != "held":
+            raise RuntimeError(f"{other.name} did not take {vip} over: {seen}")
+        moved = float(seen[1]) - cut
+        say(f"{other.name} holds {vip} {moved:.2f} s after the cut")
+        thread.join(timeout=MAX_SECONDS + 30)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        if watcher.poll() is None:
+            watcher.kill()  # our own ssh child, by its handle
+            watcher.wait(timeout=10)
+    want = {s for _, s in accepted}
+    found: set[str] = set()
+
+    def all_found() -> bool:
+        found.update(mailclient.inbox_subjects(ep, USER, password, prefix))
+        return want <= found
+
+    with contextlib.suppress(RuntimeError):
+        wait_for(all_found, 180, "every accepted message in the INBOX", every=2)
+    say(f"booting {holder.name} again (Lab.up)")
+    lab.up()
+    wait_for(lambda: lab.ssh(holder, "systemctl is-active keepalived haproxy").stdout.split()
+             == ["active", "active"], 120, f"{holder.name} back")
+    time.sleep(5)
+    after = [n for n, h in floating_holders(inventory).items() if h]
+    return {"moved_seconds": round(moved, 3), "from": holder.name, "to": other.name,
+            "accepted": len(accepted), "after_cut": sum(1 for t, _ in accepted if t > cut),
+            "not_accepted": len(refused), "lost": len(want - found),
+            "lost_subjects": sorted(want - found)[:50], "holder_after_return": after}
+
+
 def check_inter() -> float:
     import yaml
 
@@ -92,20 +212,6 @@ def states_of(inventory, node: str) -> dict[str, str]:
 
     return {b: row["status"] for (b, n), row in haproxy_states(
         inventory, inventory.group("lb")[0]).items() if n == node and b in BACKEND.values()}
-
-
-def wait_for(fn, timeout: float, what: str, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = fn()
-        except (OSError, RuntimeError, IndexError, imaplib.IMAP4.error):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(every)
 
 
 def stored_subjects(inventory, node, user: str, prefix: str) -> list[str]:
@@ -124,7 +230,6 @@ def main() -> int:
     benchlib.bound(2400)
     from mailops.lab.lab import Lab
     from mailops.verify import mailclient
-    from mailops.verify.mailclient import message
     from mailops.verify.nodes import BACKEND
     from mailops.verify.service import service_for
 
@@ -140,32 +245,10 @@ def main() -> int:
         svc = service_for(inventory)
         ep, password = svc.endpoint(), svc.accounts[USER]
 
-        accepted: list[str] = []
+        accepted: list[tuple[float, str]] = []
         refused: list[str] = []
         stop = threading.Event()
         deadline = time.monotonic() + MAX_SECONDS
-
-        def sender() -> None:
-            conn = None
-            for i in range(MAX_MESSAGES):
-                if stop.is_set() or time.monotonic() > deadline:
-                    break
-                subject = f"{prefix} {i:03d}"
-                try:
-                    if conn is None or i % 5 == 0:
-                        if conn is not None:
-                            with contextlib.suppress(smtplib.SMTPException, OSError):
-                                conn.quit()
-                        conn = ep.smtp_tls(587)
-                        conn.login(USER, password)
-                    bad = conn.send_message(message(USER, [USER], subject))
-                    (refused if bad else accepted).append(subject)
-                except (smtplib.SMTPException, OSError):
-                    refused.append(subject)
-                    conn = None
-            if conn is not None:
-                with contextlib.suppress(smtplib.SMTPException, OSError):
-                    conn.quit()
 
         # A reader that logs in over IMAP through the balancer every 0.5 s:
         # the victim is alice's home, so after the poweroff her sessions are
@@ -186,7 +269,8 @@ def main() -> int:
 
         say(f"client: up to {MAX_MESSAGES} messages / {MAX_SECONDS} s through "
             f"{lb.name}:587 as {USER}")
-        thread = threading.Thread(target=sender, daemon=True)
+        thread = threading.Thread(target=send, args=(ep, password, prefix, MAX_MESSAGES, stop,
+                                                     deadline, accepted, refused), daemon=True)
         t_start = time.monotonic()
         thread.start()
         reading = threading.Thread(target=reader, daemon=True)
@@ -246,7 +330,7 @@ def main() -> int:
         back_up = time.monotonic() - t_boot
         say(f"{victim.name} UP in every backend {back_up:.1f}s after the boot started")
 
-        want = set(accepted)
+        want = {s for _, s in accepted}
         say(f"looking for the {len(want)} accepted messages in {USER}'s INBOX via {lb.name}")
         found: set[str] = set()
 
@@ -277,13 +361,19 @@ def main() -> int:
             say(f"{node.name}: {per_node[node.name]} accepted message(s) missing, "
                 f"{copies[node.name]} stored twice")
 
+        vip = balancer_cut(inventory, lab, ep, password, f"vrrp {run_id}")
+    advert = advert_int()
+    vip_ratio = benchlib.ratio(vip["moved_seconds"], advert)
+
     ratio = benchlib.ratio(routed, inter)
     benchlib.write_results("failover", {
         "what": "seconds from `systemctl poweroff` of a mail node under load to HAProxy "
                 "having it not UP in every backend, over the health-check interval; and "
                 "messages that got a 250 but are not in the INBOX (must be 0)",
         "lab": list(LAB),
-        "ratios": {"routed_around_over_check_inter": ratio},
+        "ratios": {"routed_around_over_check_inter": ratio,
+                   "floating_address_moved_over_advert_int": vip_ratio},
+        "balancer": {**vip, "advert_int_seconds": advert},
         "routed_around_seconds": round(routed, 3), "check_inter_seconds": inter,
         "messages": {"accepted": len(accepted), "not_accepted": len(refused),
                      "accepted_before_poweroff": accepted_at_off, "lost": len(lost),
@@ -300,7 +390,12 @@ def main() -> int:
           f"accepted ({len(refused)} not accepted, retried by a real client); missing per "
           f"node {per_node}, stored twice {copies}; IMAP served again {imap_outage:.2f} s "
           "after the poweroff")
-    return 0 if not lost and not any(copies.values()) else 1
+    print(f"failover: the floating address moved {vip['from']} -> {vip['to']} in "
+          f"{vip_ratio:.2f} VRRP advert intervals ({vip['moved_seconds']:.2f} s / {advert:g} s) "
+          f"after a power cut; messages lost {vip['lost']} of {vip['accepted']} accepted "
+          f"({vip['after_cut']} after the cut); held by {vip['holder_after_return']} once "
+          f"{vip['from']} was back")
+    return 0 if not lost and not any(copies.values()) and not vip["lost"] else 1
 
 
 if __name__ == "__main__":

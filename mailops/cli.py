@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("converge", help="secrets, then Ansible's site playbook on the hosts")
     conv.add_argument("--check", action="store_true", help="Ansible check mode: change nothing")
     conv.add_argument("--diff", action="store_true", help="show file differences")
+    conv.add_argument("--limit", metavar="PATTERN",
+                      help="only these hosts: an Ansible pattern (a group like `mail`, a host)")
     inv(conv)
 
     dns = sub.add_parser("dns", help="the mail domains' DNS records: plan (a dry run) or apply")
@@ -120,6 +122,17 @@ def _parser() -> argparse.ArgumentParser:
     rs_.add_argument("service", choices=["postfix", "dovecot", "rspamd", "redis"])
     wait_json(rs_, 60, "a drained node's")
 
+    dk = sub.add_parser("dkim", help="DKIM key rollover: `rotate` publishes a new selector, "
+                                     "switches signing once it resolves, keeps the old one "
+                                     "published for --grace")
+    dk.add_argument("action", choices=["rotate"])
+    dk.add_argument("--domain", action="append", metavar="D",
+                    help="only this mail domain (repeatable; default: every one)")
+    dk.add_argument("--grace", default="7d", metavar="DURATION",
+                    help="how long the old selector stays published (7d; e.g. 2d, 12h)")
+    dk.add_argument("--json", action="store_true")
+    inv(dk)
+
     rb = sub.add_parser("rebuild", help="rebuild a lost mail node on its empty host: drained, "
                                         "converged, resynced from its pair, its queue back, "
                                         "undrained, verified")
@@ -193,11 +206,17 @@ def _bootstrap(inventory) -> None:
         raise MailopsError(f"bootstrap failed on: {', '.join(result.failed)}")
 
 
-def _converge(inventory, check: bool = False, diff: bool = False) -> None:
+def _converge(inventory, check: bool = False, diff: bool = False,
+              limit: str | None = None) -> None:
     from mailops.converge.run import converge
 
+    if limit and not any(limit in (h.name, *h.groups) for h in inventory.hosts) \
+            and not any(c in limit for c in ":,&!*~["):
+        names = sorted({n for h in inventory.hosts for n in (h.name, *h.groups)})
+        raise MailopsError(f"--limit {limit}: no host or group of {inventory.path} has that "
+                           f"name; use one of {', '.join(names)}")
     t0 = time.monotonic()
-    result = converge(inventory, check=check, diff=diff)
+    result = converge(inventory, check=check, diff=diff, limit=limit)
     print(result.table())
     secrets = len(result.secrets_changes)
     print("\n" + _summary("converge", result.changed, t0,
@@ -321,7 +340,7 @@ def main(argv: list[str]) -> int:
         elif args.command == "bootstrap":
             _bootstrap(inventory)
         elif args.command == "converge":
-            _converge(inventory, args.check, args.diff)
+            _converge(inventory, args.check, args.diff, args.limit)
         elif args.command == "dns":
             from mailops.dns.deploy import command
 
@@ -374,6 +393,16 @@ def main(argv: list[str]) -> int:
                       else rolling.restart(inventory, args.service, args.wait))
             print(json.dumps(rolled.to_dict(), indent=2) if args.json else rolled.text())
             return 0 if rolled.ok else 1
+        elif args.command == "dkim":
+            from mailops.core.durations import seconds
+            from mailops.ops.dkim import rotate_command
+
+            try:
+                grace = seconds(args.grace, "s")
+            except ValueError:
+                raise MailopsError(f"--grace {args.grace!r} is not a duration\n  fix: give "
+                                   "one like 7d, 12h or 30m") from None
+            return rotate_command(inventory, args.domain, grace, args.json)
         elif args.command == "rebuild":
             from mailops.ops.rebuild import rebuild
 

@@ -39,6 +39,9 @@ def lab_inventory_copy(dest: Path, name: str, net: str, hosts: list[str] | None 
         data = yaml.safe_load(text)
         for group in data["all"]["children"].values():
             group["hosts"] = {h: v for h, v in (group.get("hosts") or {}).items() if h in hosts}
+            if len(group["hosts"]) < 2 and "mailops_floating_address" in (group.get("vars") or {}):
+                # One balancer left: it has no floating address to share.
+                del group["vars"]["mailops_floating_address"]
         text = yaml.safe_dump(data, sort_keys=False)
     (dest / "hosts.yml").write_text(text)
     if (src / "group_vars").exists():
@@ -129,7 +132,7 @@ class MailNode:
     """A converged mail node as the tests see it: where to connect, the
     accounts' passwords and the DKIM keys (read from the lab's vault)."""
 
-    def __init__(self, inventory, host, tmp: Path) -> None:
+    def __init__(self, inventory, address: str, tmp: Path) -> None:
         from mailops.core.paths import vault_file
         from mailops.secrets.pki import dkim_public_record
         from mailops.secrets.vault import load_secrets
@@ -148,7 +151,7 @@ class MailNode:
         self._passwords = {a: v["password"] for a, v in secrets.mailboxes.items()}
         ca = tmp / "ca.crt"
         ca.write_text(secrets.ca.cert_pem)
-        self.endpoint = Endpoint(str(host.address), self.model.service_name, ca)
+        self.endpoint = Endpoint(address, self.model.service_name, ca)
         sel = self.model.dkim_selector
         self._dkim = {f"{sel}._domainkey.{d}.".encode(): dkim_public_record(k).encode()
                       for d, k in secrets.dkim.items()}
@@ -170,9 +173,12 @@ def converged(lab, lab_inventory):
 
 @pytest.fixture(scope="session")
 def node(converged, tmp_path_factory):
-    """The mail service as clients reach it: through the balancer (the nodes
-    take only PROXY protocol connections from it)."""
-    return MailNode(converged, converged.group("lb")[0], tmp_path_factory.mktemp("node"))
+    """The mail service as clients reach it: through the balancers'
+    floating address (the nodes take only PROXY protocol connections from
+    the balancers)."""
+    from mailops.site.derived import front
+
+    return MailNode(converged, front(converged)[0], tmp_path_factory.mktemp("node"))
 
 
 def message_ids(imap, folder: str) -> dict[str, str]:
@@ -187,3 +193,16 @@ def message_ids(imap, folder: str) -> dict[str, str]:
             # \Recent belongs to a session, not to the message.
             found[msgid] = " ".join(sorted(set(flags[1].decode().split()) - {"\\Recent"}))
     return found
+
+
+def session_node(imap) -> str:
+    """Which node serves an IMAP session: x-mailops-node in the ID reply,
+    sent after login by the node at the end of any proxy hop."""
+    import imaplib
+
+    imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED"))
+    typ, data = imap._simple_command("ID", "NIL")
+    ids = imap._untagged_response(typ, data, "ID")[1]
+    found = re.search(r'"x-mailops-node" "([^"]*)"',
+                      b" ".join(d for d in ids if isinstance(d, bytes)).decode())
+    return found[1] if found else ""

@@ -60,6 +60,9 @@ def ansible_env(inventory: Inventory) -> dict[str, str]:
     # persistent control connection so tasks reuse one SSH session.
     env = dict(os.environ) | inventory.ansible_ssh_env()
     env.setdefault("ANSIBLE_SSH_ARGS", "-o ControlMaster=auto -o ControlPersist=120s")
+    # Handlers run for what a host changed even when a later task fails
+    # there: the re-run finds the files in place and would never reload.
+    env.setdefault("ANSIBLE_FORCE_HANDLERS", "true")
     return env
 
 

@@ -11,23 +11,23 @@ from mailops.dns.records import MailDomainDNS, Record, desired_records, relative
 from mailops.dns.settings import DNS_FILE, DnsSettings, settings
 from mailops.inventory.model import Inventory
 from mailops.secrets import pki
-from mailops.site import mtasts
-from mailops.site.derived import service_zone
+from mailops.site import dkim, mtasts
+from mailops.site.derived import front, service_zone
 from mailops.site.mailmodel import MailModel
 from mailops.site.moves import held_domains
 
 
 def service_addresses(inventory: Inventory, cfg: DnsSettings) -> tuple[str, ...]:
-    """Where clients reach the service: the balancer, else the first mail node."""
+    """Where clients reach the service: the balancers' floating address,
+    the balancer, else the first mail node."""
     if cfg.service_ipv4:
         return cfg.service_ipv4
-    front = inventory.group("lb") or inventory.group("mail")
-    return (str(front[0].address),)
+    return (front(inventory)[0],)
 
 
 def default_spf(inventory: Inventory, service: tuple[str, ...]) -> str:
     # Mail nodes deliver outbound mail themselves, from their own addresses,
-    # which the MX (the balancer) does not cover.
+    # which the MX (the balancers' address) does not cover.
     senders = [str(h.address) for h in inventory.group("mail") if str(h.address) not in service]
     return " ".join(["v=spf1", "mx", *(f"ip4:{a}" for a in senders), "-all"])
 
@@ -42,20 +42,28 @@ def desired_for(inventory: Inventory, model: MailModel, secrets: Any,
               else None)
     out: dict[str, list[Record]] = {}
     held = held_domains(inventory)
+    selectors = dkim.selectors(inventory, model)
     for domain in model.domains:
         if domain in held:
             # Its legacy server still takes its mail: its records change at
             # the cutover (`deploy.py migrate cutover`), not before.
             continue
-        pem = secrets.dkim.get(domain)
-        if not pem:
-            raise MailopsError(f"{vault_file(inventory.path)}: vault_dkim_keys.{domain}: "
-                               "missing\n  fix: run `deploy.py converge` first (it generates "
-                               "the key once and installs it on the mail nodes)")
+        # The signing selector first, then a rollover's next and retired ones.
+        public = []
+        for selector in selectors[domain].published():
+            pem = secrets.dkim_key(domain, selector, model.dkim_selector)
+            if not pem:
+                where = (f"vault_dkim_keys.{domain}" if selector == model.dkim_selector
+                         else f"vault_dkim_selector_keys.{domain}.{selector}")
+                raise MailopsError(f"{vault_file(inventory.path)}: {where}: missing\n  fix: "
+                                   "run `deploy.py converge` first (it generates the key once "
+                                   "and installs it on the mail nodes), or `deploy.py dkim "
+                                   "rotate` again for a rollover's key")
+            public.append((selector, pki.dkim_public_record(pem)))
         try:
             d = MailDomainDNS(domain=domain, service_name=model.service_name,
-                              dkim_selector=model.dkim_selector,
-                              dkim_public=pki.dkim_public_record(pem), ipv4=service,
+                              dkim_selector=public[0][0], dkim_public=public[0][1],
+                              dkim_more=tuple(public[1:]), ipv4=service,
                               spf=spf, dmarc=cfg.dmarc, ttl=cfg.ttl, mta_sts_id=sts_id)
         except ValueError as e:
             key = "mailops_dns_dmarc" if "DMARC" in str(e) else "mailops_dns_spf"

@@ -125,6 +125,9 @@ class MailDomainDNS:
     service_name: str  # e.g. mail.example.com: MX target and client host
     dkim_selector: str
     dkim_public: str  # "v=DKIM1; k=rsa; p=..."
+    # Other selectors published beside it (a key rollover's next and
+    # retired ones): (selector, "v=DKIM1; k=rsa; p=...").
+    dkim_more: tuple[tuple[str, str], ...] = ()
     zone: str = ""  # the zone the domain lives in; default: the domain itself
     mx_hosts: tuple[str, ...] = ()  # "host" (preference 10) or "pref host"
     ipv4: tuple[str, ...] = ()
@@ -146,6 +149,8 @@ class MailDomainDNS:
         object.__setattr__(self, "ipv4", tuple(self.ipv4))
         object.__setattr__(self, "ipv6", tuple(self.ipv6))
         object.__setattr__(self, "dkim_public", _join_quoted(self.dkim_public))
+        object.__setattr__(self, "dkim_more",
+                           tuple((s, _join_quoted(r)) for s, r in self.dkim_more))
         if self.spf is None:
             object.__setattr__(self, "spf", "v=spf1 mx -all")
         if self.dmarc is None:
@@ -170,10 +175,11 @@ class MailDomainDNS:
         if _in_zone(self.service_name, self.zone) and not (self.ipv4 or self.ipv6):
             raise ValueError(f"{where}: {self.service_name} is in zone {self.zone} but has "
                              "no ipv4/ipv6 address; MX and SRV would point at nothing")
-        if not _LABEL.match(self.dkim_selector):
-            raise ValueError(f"{where}: dkim_selector {self.dkim_selector!r} is not one label")
-        if "p=" not in self.dkim_public or not self.dkim_public.startswith("v=DKIM1"):
-            raise ValueError(f"{where}: dkim_public must look like 'v=DKIM1; k=rsa; p=...'")
+        for selector, public in ((self.dkim_selector, self.dkim_public), *self.dkim_more):
+            if not _LABEL.match(selector):
+                raise ValueError(f"{where}: dkim_selector {selector!r} is not one label")
+            if "p=" not in public or not public.startswith("v=DKIM1"):
+                raise ValueError(f"{where}: dkim_public must look like 'v=DKIM1; k=rsa; p=...'")
         if self.mta_sts_id is not None and not _STS_ID.match(self.mta_sts_id):
             raise ValueError(f"{where}: mta_sts_id {self.mta_sts_id!r} must be 1-32 letters "
                              "or digits (RFC 8461)")
@@ -209,7 +215,8 @@ def desired_records(d: MailDomainDNS) -> list[Record]:
                               tuple(ipaddress.ip_address(ip).compressed for ip in d.ipv6)))
     out += [
         Record(base, "TXT", d.ttl, (d.spf,)),
-        Record(_prefixed(f"{d.dkim_selector}._domainkey", base), "TXT", d.ttl, (d.dkim_public,)),
+        *(Record(_prefixed(f"{sel}._domainkey", base), "TXT", d.ttl, (public,))
+          for sel, public in ((d.dkim_selector, d.dkim_public), *d.dkim_more)),
         Record(_prefixed("_dmarc", base), "TXT", d.ttl, (d.dmarc,)),
         Record(_prefixed("_smtp._tls", base), "TXT", d.ttl, (f"v=TLSRPTv1; rua={d.tlsrpt_rua}",)),
     ]

@@ -114,6 +114,9 @@ class Inventory:
     # mailops_ssh_known_hosts_file: where the hosts' SSH keys are recorded
     # (a lab records its own); None: ssh's default.
     known_hosts: str | None = None
+    # The balancers' floating address (mailops_floating_address, VRRP):
+    # where clients and the MX reach the service when there are several.
+    floating_address: IPv4Address | None = None
 
     def connection(self, host: Host) -> Connection:
         """The one place that says how a host is reached; a lab's hosts by
@@ -464,6 +467,7 @@ def load_inventory(path: Path | str) -> Inventory:
     hosts: list[Host] = []
     by_address: dict[IPv4Address, str] = {}
     variables: dict[str, dict[str, Any]] = {}
+    floating: dict[str, Any] = {}  # balancer -> its mailops_floating_address
     for ahost in sorted(inv.get_hosts(), key=lambda h: h.name):
         name = ahost.name
         keypath = raw.host_keys.get(name, f"host {name}")
@@ -486,6 +490,8 @@ def load_inventory(path: Path | str) -> Inventory:
             continue
         by_address[host.address] = name
         hosts.append(host)
+        if "lb" in groups:
+            floating[name] = hv.get("mailops_floating_address")
         variables[name] = {k: v for k, v in hv.items()
                            if not k.startswith(("ansible_", "inventory_", "group_names",
                                                 "groups", "omit", "playbook_dir", "vault_"))}
@@ -502,10 +508,56 @@ def load_inventory(path: Path | str) -> Inventory:
             f"{len(mail)} mail nodes: they replicate in pairs in inventory order (1st with "
             f"2nd, 3rd with 4th, ...), so {mail[-1]} has no pair",
             f"add one more mail node after {mail[-1]}, or remove {mail[-1]}"))
+    vip = _floating_address(floating, by_address, lab, file, raw, errors)
     if errors:
         raise InventoryErrors(errors)
     known = (data.get("all") or {}).get("vars", {}) or {}
     known = known.get("mailops_ssh_known_hosts_file")
     known = os.path.expanduser(known) if isinstance(known, str) else None
     return Inventory(path=inv_dir, hosts=tuple(hosts), lab=lab, variables=variables,
-                     vault_password_file=password_file, known_hosts=known)
+                     vault_password_file=password_file, known_hosts=known,
+                     floating_address=vip)
+
+
+def _floating_address(given: dict[str, Any], by_address: dict[IPv4Address, str],
+                      lab: LabSpec | None, file: Path, raw: _Raw,
+                      errors: list[InventoryError]) -> IPv4Address | None:
+    """The balancers' one floating address: required with two or more
+    balancers (clients and the MX need one address that outlives either),
+    the same for all of them, free, and in the lab's subnet for a lab."""
+    key = f"{raw.group_keys.get('lb', 'all.children.lb')}.vars.mailops_floating_address"
+    example = "`lb: {vars: {mailops_floating_address: 198.18.0.9}, hosts: ...}`"
+    values = {str(v) for v in given.values() if v is not None}
+    if not values:
+        if len(given) > 1:
+            errors.append(InventoryError(
+                file, key, f"missing: {len(given)} balancers need one floating address "
+                "for clients and the MX", f"add a free address of their subnet, {example}"))
+        return None
+    if len(values) > 1 or None in given.values():
+        errors.append(InventoryError(file, key, "differs between the balancers "
+                                     f"({', '.join(sorted(values))})",
+                                     f"set it once, for the group: {example}"))
+        return None
+    value = values.pop()
+    if len(given) < 2:
+        errors.append(InventoryError(file, key, "a floating address needs two or more "
+                                     "balancers to move between",
+                                     "add a second host to the lb group, or remove the key"))
+        return None
+    if problem := _ipv4_problem(value):
+        errors.append(InventoryError(file, key, problem, f"write an IPv4 address, {example}"))
+        return None
+    address = IPv4Address(value)
+    if address in by_address:
+        errors.append(InventoryError(file, key, f"{address} is the address of "
+                                     f"{by_address[address]}",
+                                     "pick an address no host has: keepalived adds it"))
+        return None
+    if lab is not None and (address not in lab.subnet or address in (
+            lab.gateway, lab.subnet.network_address, lab.subnet.broadcast_address)):
+        errors.append(InventoryError(file, key, f"{address} is not a free address of the lab "
+                                     f"subnet {lab.subnet}",
+                                     f"pick one in {lab.subnet} that no host has, e.g. .9"))
+        return None
+    return address

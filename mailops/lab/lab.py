@@ -392,10 +392,11 @@ class Lab:
             "--resolv-conf=off", "--timezone=off", "--link-journal=no",
             f"--network-namespace-path=/run/netns/{ns}", f"--machine={host.name}",
             f"--directory={merged}",
-            # Firewall rules in the host's own network namespace (a stopping
-            # mail node refuses LMTP, a legacy server shut to clients at the
-            # cutover); the bridge still forwards nothing.
-            *(["--capability=CAP_NET_ADMIN"] if {"mail", "legacy"} & set(host.groups)
+            # Firewall rules and addresses in the host's own network
+            # namespace (a stopping mail node refuses LMTP, a legacy server
+            # shut to clients at the cutover, a balancer's bans and its
+            # floating address); the bridge still forwards nothing.
+            *(["--capability=CAP_NET_ADMIN"] if {"mail", "legacy", "lb"} & set(host.groups)
               else []),
         ], hdir / "console.log")
         self._changed(host.name, f"booted (pid {new.pid})")

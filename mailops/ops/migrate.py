@@ -33,6 +33,7 @@ from mailops.dns.settings import settings as dns_settings
 from mailops.inventory import remote
 from mailops.inventory.model import Host, Inventory
 from mailops.ops.backup import imap_name
+from mailops.ops.move import DSYNC_RETRY_WAITS, TEMPFAIL
 from mailops.secrets.vault import load_secrets
 from mailops.secrets.wanted import MIGRATE_ADMIN_PASSWORD
 from mailops.site.homes import Home, homes
@@ -391,7 +392,10 @@ def plan(inventory: Inventory, source_name: str) -> MigratePlan:
 # ------------------------------------------------------------------ sync
 
 MIGRATE_CONF = "/etc/dovecot/mailops-migrate-{source}.conf"  # root only: the admin password
-SYNC_TRIES = 3  # doveadm's exit 2: "run again", it usually finishes the job
+# Exits a re-run settles: 2, doveadm's "run again"; 75 (TEMPFAIL), a locked
+# mailbox, or pop3_migration meeting a message that arrived between its POP3
+# listing and the IMAP one.
+RUN_AGAIN = {2, TEMPFAIL}
 
 
 def imapc_conf(source: Source) -> str:
@@ -461,7 +465,7 @@ def _sync_user(inventory: Inventory, source: Source, node: Host, user: str,
     verb = "sync -1" if merge else "backup"
     cmd = (f"nice -n 10 doveadm -c {conf} -o imapc_user={user} {pop3}{verb} -R -u {address} "
            "imapc:")
-    for tries in range(1, SYNC_TRIES + 1):
+    for tries, wait in enumerate((*DSYNC_RETRY_WAITS, 0), 1):
         res = remote.run(inventory, node, cmd, timeout=3600)
         if res.returncode == 0:
             return "ok", tries
@@ -469,10 +473,14 @@ def _sync_user(inventory: Inventory, source: Source, node: Host, user: str,
             # What it had copied stays; the next run goes on from there.
             return (f"FAILED: {source.host.name} ({source.host.address}:{source.port}) "
                     "stopped answering; run sync again once it is back"), tries
-        if res.returncode != 2:
-            last = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        last = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        if res.returncode not in RUN_AGAIN:
             return f"FAILED (doveadm exit {res.returncode}): {last[0][-200:]}", tries
-    return f"FAILED: doveadm asked for another run {SYNC_TRIES} times", SYNC_TRIES
+        if not wait:
+            break
+        time.sleep(wait)
+    return (f"FAILED (doveadm exit {res.returncode} after {tries} tries; run sync again): "
+            f"{last[0][-200:]}"), tries
 
 
 def _answers(source: Source) -> bool:

@@ -1,8 +1,9 @@
 """`deploy.py move-mailbox ADDRESS --to NODE`: give a mailbox a new home.
 
 The home node is authoritative for its mailbox, so the move copies from it:
-a one-way `doveadm backup` to each node of the new pair (a stale copy found
-there is removed first, not merged), then the new home is
+a one-way `doveadm backup` to the new home, and from there to its pair's
+other node (a stale copy found on either is removed first, not merged;
+every sync takes the user's dsync lock, as replication does), then the new home is
 pinned in the mail model (the entry's `home:`) and converged onto every mail
 node (Postfix's transport map, Dovecot's proxy homes), the mailbox's client
 sessions are kicked on every node (clients reconnect and are proxied to the
@@ -78,14 +79,23 @@ class MoveResult:
                              "missing": f.missing} for f in self.folders]}
 
 
+TEMPFAIL = 75  # sysexits EX_TEMPFAIL
+DSYNC_RETRY_WAITS = (2, 4, 8, 15)  # seconds between tries of a locked mailbox's sync
+DSYNC_LOCK_WAIT = 30  # seconds a sync waits for the user's dsync lock (the replicator's -l)
+
+
 def _run(inventory: Inventory, host: Host, command: str, what: str,
          timeout: float = 600) -> str:
     res = remote.run(inventory, host, command, timeout=timeout)
     if res.returncode != 0:
-        raise MailopsError(f"{what} failed on {host.name} (exit {res.returncode}): "
-                           f"{(res.stderr or res.stdout).strip()[:400]}\n"
-                           "nothing was removed; fix the cause and run the move again")
+        raise _failed(host, what, res)
     return res.stdout
+
+
+def _failed(host: Host, what: str, res: Any) -> MailopsError:
+    return MailopsError(f"{what} failed on {host.name} (exit {res.returncode}): "
+                        f"{(res.stderr or res.stdout).strip()[:400]}\n"
+                        "nothing was removed; fix the cause and run the move again")
 
 
 def _messages(inventory: Inventory, host: Host, address: str) -> dict[str, set[str]]:
@@ -127,8 +137,20 @@ def move_mailbox(inventory: Inventory, address: str, to: str,
         return out
 
     def dsync(verb: str, src: Host, dest: Host, done: str) -> str:
-        _run(inventory, src, f"doveadm {verb} -u {address} "
-             f"tcp:{dest.address}:{BACKEND_PORTS['doveadm']}", f"doveadm {verb}")
+        # -l: take the user's dsync lock on both ends, as the replicator's
+        # own syncs do, so a replication of the same mailbox waits for this
+        # one instead of writing into the same copy at the same time.
+        command = (f"doveadm {verb} -l {DSYNC_LOCK_WAIT} -u {address} "
+                   f"tcp:{dest.address}:{BACKEND_PORTS['doveadm']}")
+        # Exit 75 is dsync's "try again": the lock was not had in time, or
+        # the mailbox changed during the sync. Retried, bounded.
+        for wait in (*DSYNC_RETRY_WAITS, None):
+            res = remote.run(inventory, src, command, timeout=600)
+            if res.returncode != TEMPFAIL or wait is None:
+                break
+            time.sleep(wait)
+        if res.returncode != 0:
+            raise _failed(src, f"doveadm {verb}", res)
         return done
 
     def remove_copy(host: Host) -> str:
@@ -147,15 +169,22 @@ def move_mailbox(inventory: Inventory, address: str, to: str,
                    "removing a copy")
         return f"removed {home}" if "removed" in out else "none there"
 
-    # 1. Copy from the old home to each node of the new pair: one way, the
-    #    old home is authoritative until the switch.
-    for name in target.nodes:
-        if name not in current.nodes:
-            timed("clear a stale copy", name, lambda h=nodes[name]: remove_copy(h))
-            timed("copy from the old home", name,
-                  lambda d=nodes[name]: dsync("backup", old_home, d, "copied"))
-    if to in current.nodes:
+    # 1. Copy from the old home to the new home: one way, the old home is
+    #    authoritative until the switch. The new pair's other node takes its
+    #    copy from the new home, never from a second source: the new home's
+    #    replicator syncs that node too, and two writers into one copy can
+    #    lose messages.
+    fresh = [name for name in target.nodes if name not in current.nodes]
+    for name in fresh:
+        timed("clear a stale copy", name, lambda h=nodes[name]: remove_copy(h))
+    if to in fresh:
+        timed("copy from the old home", to, lambda: dsync("backup", old_home, new_home, "copied"))
+    else:
         timed("sync with the new home", to, lambda: dsync("sync", old_home, new_home, "synced"))
+    for name in fresh:
+        if name != to:
+            timed("copy from the new home", name,
+                  lambda d=nodes[name]: dsync("sync", new_home, d, "synced"))
 
     # 2. Pin the new home in the mail model; converge the mail nodes.
     timed("pin the new home", "mail model",
@@ -197,8 +226,13 @@ def move_mailbox(inventory: Inventory, address: str, to: str,
     if not result.ok or keep_old:
         return result
 
-    # 6. Remove the old pair's copies (a later move back starts clean).
-    for name in current.nodes:
-        if name not in target.nodes:
-            timed("remove the old copy", name, lambda h=nodes[name]: remove_copy(h))
+    # 6. Remove the old pair's copies (a later move back starts clean). Their
+    #    replication stops on both first: one node's replicator would
+    #    otherwise make the copy just removed from the other anew.
+    old_nodes = [nodes[name] for name in current.nodes if name not in target.nodes]
+    for host in old_nodes:
+        _run(inventory, host, f"doveadm replicator remove {address} >/dev/null 2>&1; true",
+             "stopping the mailbox's replication")
+    for host in old_nodes:
+        timed("remove the old copy", host.name, lambda h=host: remove_copy(h))
     return result

@@ -79,9 +79,10 @@ def _wait_up(inventory: Inventory, node: str, timeout: float = 90) -> None:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        states = {b: r["status"] for (b, n), r in haproxy_states(inventory, lbs[0]).items()
-                  if n == node}
-        if states and all(s == "UP" for s in states.values()):
+        # On every balancer: either may hold the floating address.
+        states = [r["status"] for lb in lbs for (_, n), r in haproxy_states(inventory, lb).items()
+                  if n == node]
+        if states and all(s == "UP" for s in states):
             return
         time.sleep(1)
     raise MailopsError(f"{node} is not UP in the balancer after {timeout:.0f} s")

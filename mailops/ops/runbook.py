@@ -155,7 +155,9 @@ def session(inventory: Inventory, hosts: list[Host], phase: str) -> Iterator[Ses
 def set_balancer_state(s: Session, node: str, state: str) -> list[str]:
     """Every service of `node` in every balancer to `state` (ready, drain,
     maint): only what is not so already. Returns what changed."""
-    want = {"ready": ("UP", "DOWN"), "drain": ("DRAIN",), "maint": ("MAINT",)}[state]
+    # A server whose health check fails shows DOWN whatever its admin state,
+    # so a drained node that is down still holds its drain: only UP is ready.
+    want = {"ready": ("UP",), "drain": ("DRAIN",), "maint": ("MAINT",)}[state]
     changed = []
     for lb in (h for h in s.hosts.values() if "lb" in h.groups):
         rows = s.haproxy(lb.name)

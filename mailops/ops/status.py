@@ -69,6 +69,8 @@ class Status:
     backends: list[tuple[str, str, str, str, int]] = field(default_factory=list)
     # (balancer, service, node, status, sessions)
     replication: list[Replication] = field(default_factory=list)
+    # (balancer, haproxy, keepalived, holds the floating address)
+    balancers: list[tuple[str, str, str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -83,6 +85,9 @@ class Status:
                 ", ".join(f"{k} {v} d" for k, v in sorted(n.dkim_age_days.items())) or "-")
                for n in self.nodes]
         out = [table(("node", "services", "queue", "disk", "certificate", "DKIM keys"), svc)]
+        if self.balancers:
+            out += ["", table(("balancer", "haproxy", "keepalived", "floating address"),
+                              self.balancers)]
         if self.backends:
             out += ["", table(("balancer", "service", "node", "state", "sessions"),
                               self.backends)]
@@ -100,6 +105,8 @@ class Status:
                 "nodes": [n.__dict__ for n in self.nodes],
                 "backends": [dict(zip(("balancer", "service", "node", "state", "sessions"), b,
                                       strict=True)) for b in self.backends],
+                "balancers": [dict(zip(("balancer", "haproxy", "keepalived", "floating"), b,
+                                       strict=True)) for b in self.balancers],
                 "replication": [{**r.__dict__, "lag": r.lag} for r in self.replication]}
 
 
@@ -169,6 +176,14 @@ def status(inventory: Inventory) -> Status:
                 result.problems.append(f"{lb.name}: unreachable over SSH")
                 continue
             step("status", lb.name, "reading the balancer's backends")
+            if inventory.floating_address is not None:
+                words = s.output(lb.name, "systemctl is-active haproxy keepalived | xargs; "
+                                 f"ip -o -4 addr show to {inventory.floating_address}/32 "
+                                 "| wc -l").split()
+                words += ["?"] * (3 - len(words))
+                result.balancers.append((lb.name, words[0], words[1],
+                                         f"{inventory.floating_address} held" if words[2] == "1"
+                                         else "-"))
             rows = s.haproxy(lb.name)
             for service in BACKEND.values():
                 for host in mail:
@@ -179,6 +194,14 @@ def status(inventory: Inventory) -> Status:
                     if not state.startswith(("UP", "DRAIN", "MAINT")):
                         result.problems.append(f"{lb.name}: {service} on {host.name} is "
                                                f"{state}")
+    if inventory.floating_address is not None:
+        holders = [b[0] for b in result.balancers if b[3] != "-"]
+        if len(holders) != 1:
+            result.problems.append(f"floating address {inventory.floating_address}: held by "
+                                   f"{' and '.join(holders) or 'no balancer'} "
+                                   "(`systemctl status keepalived` on each balancer)")
+        result.problems += [f"{b[0]}: keepalived is {b[2]}" for b in result.balancers
+                            if b[2] != "active"]
     for r in result.replication:
         # A failed try right after a node came back is retried by Dovecot;
         # it needs a person once no sync has succeeded for LAG_WARN.

@@ -56,6 +56,7 @@ V_CA_KEY = "vault_tls_ca_key"
 V_CERT = "vault_tls_cert"
 V_KEY = "vault_tls_key"
 V_DKIM = "vault_dkim_keys"
+V_DKIM_ROTATED = "vault_dkim_selector_keys"
 V_DOVEADM = "vault_doveadm_password"
 V_EXTRA = "vault_extra"
 V_MAILBOXES = "vault_mailbox_passwords"
@@ -87,6 +88,15 @@ class Secrets:
     # mailbox address -> {"password": clear, "hash": Dovecot {SHA512-CRYPT} hash},
     # for mailboxes whose inventory entry gives no password_hash of its own.
     mailboxes: dict[str, dict[str, str]] = field(default_factory=dict)
+    # mail domain -> selector -> DKIM private key PEM: the keys made by
+    # `dkim rotate` (dkim holds each domain's first, for the model's selector).
+    dkim_rotated: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def dkim_key(self, domain: str, selector: str, base_selector: str) -> str | None:
+        """The private key of one of a domain's selectors, if the vault has it."""
+        if selector == base_selector:
+            return self.dkim.get(domain)
+        return self.dkim_rotated.get(domain, {}).get(selector)
 
     def __repr__(self) -> str:
         # Safe to log: names only, no key material.
@@ -268,6 +278,23 @@ def _dkim(doc: dict[str, Any], file: Path) -> dict[str, str]:
     return keys
 
 
+def _dkim_rotated(doc: dict[str, Any], file: Path) -> dict[str, dict[str, str]]:
+    value = doc.get(V_DKIM_ROTATED) or {}
+    if not isinstance(value, dict):
+        raise _bad(file, V_DKIM_ROTATED, "must map each domain to {selector: key}")
+    out = {}
+    for domain in value:
+        keys = _mapping(value, domain, file)
+        for selector, pem in keys.items():
+            try:
+                pki.dkim_key_bits(pem)
+            except ValueError:
+                raise _bad(file, f"{V_DKIM_ROTATED}.{domain}.{selector}",
+                           "is not an RSA private key PEM") from None
+        out[str(domain)] = keys
+    return out
+
+
 def _mailboxes(doc: dict[str, Any], file: Path) -> dict[str, dict[str, str]]:
     value = doc.get(V_MAILBOXES) or {}
     if not isinstance(value, dict) or not all(
@@ -293,6 +320,7 @@ def _load(vault_file: Path, vault: VaultLib) -> tuple[dict[str, Any], Secrets]:
         doveadm_password=_string(doc, V_DOVEADM, vault_file) or "",
         extra=_mapping(doc, V_EXTRA, vault_file),
         mailboxes=_mailboxes(doc, vault_file),
+        dkim_rotated=_dkim_rotated(doc, vault_file),
     )
 
 
@@ -389,6 +417,7 @@ def _to_vars(s: Secrets) -> dict[str, Any]:
         out |= {V_CERT: s.service_cert.cert_pem, V_KEY: s.service_cert.key_pem}
     out |= {
         V_DKIM: dict(sorted(s.dkim.items())),
+        V_DKIM_ROTATED: {d: dict(sorted(k.items())) for d, k in sorted(s.dkim_rotated.items())},
         V_DOVEADM: s.doveadm_password,
         V_EXTRA: dict(sorted(s.extra.items())),
         V_MAILBOXES: dict(sorted(s.mailboxes.items())),
@@ -500,3 +529,22 @@ def set_mailbox_passwords(vault_file: Path, vault_password_file: Path,
     if changed:
         _save(vault_file, vault, raw, replace(current, mailboxes=boxes))
     return changed
+
+
+def add_dkim_keys(vault_file: Path, vault_password_file: Path,
+                  wanted: Mapping[str, str]) -> list[str]:
+    """A new DKIM key for each domain -> selector that has none yet (a key
+    rollover's next selector); an existing key is never replaced. Returns
+    what was generated (names only)."""
+    vault_file = Path(vault_file).resolve()
+    vault = _vault(Path(vault_password_file))
+    raw, current = _load(vault_file, vault)
+    rotated = {d: dict(k) for d, k in current.dkim_rotated.items()}
+    made = []
+    for domain, selector in sorted(wanted.items()):
+        if selector not in rotated.setdefault(domain, {}):
+            rotated[domain][selector] = pki.generate_dkim_key()
+            made.append(f"generated DKIM key {selector} for {domain}")
+    if made:
+        _save(vault_file, vault, raw, replace(current, dkim_rotated=rotated))
+    return made

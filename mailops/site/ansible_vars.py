@@ -1,7 +1,8 @@
 """The derived site values handed to Ansible as one variable, mailops_site,
 so that the playbooks' vars/*.yml only rename: zones and the external
 domain's records for the name server, replication pairs, the balancer's
-backends, PROXY protocol, MTA-STS, the resolvers and the mailboxes' homes.
+backends, the balancers' floating address, PROXY protocol, MTA-STS, the
+resolvers, the mailboxes' homes and the brute-force ban.
 Computed in Python (mailops.site.derived, .mtasts, .homes) and nowhere else."""
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from mailops.inventory.model import Inventory
-from mailops.site import homes, moves, mtasts
+from mailops.site import dkim, homes, moves, mtasts
 from mailops.site.derived import (
     external_domain,
     replication_pairs,
     service_zone,
     tsig_key_name,
+    vrrp,
     zones_served,
 )
 from mailops.site.mailmodel import MailModel
@@ -83,6 +85,8 @@ def site_vars(inventory: Inventory, model: MailModel,
         "peers": peers,
         "backends": {h.name: addr[h.name] for h in inventory.group("mail")},
         "balancers": [addr[h.name] for h in inventory.group("lb")],
+        # The balancers' floating address (keepalived), when there are two.
+        "vrrp": vrrp(inventory),
         "resolvers": list(resolvers),  # resolv.conf and rspamd alike
         "mailboxes": [m.address.lower() for m in model.mailboxes],
         # Where each mailbox is delivered and its sessions served: its home
@@ -107,6 +111,21 @@ def site_vars(inventory: Inventory, model: MailModel,
         # The mailboxes each node's pair stores (made there, synced there).
         "pair_mailboxes": {n: [a for a, h in every_home.items() if n in (h.node, h.fallback)]
                            for n in mail_nodes},
+        # Brute-force protection: the nodes' failed logins go to every
+        # balancer, which refuses an address that failed too often (a node
+        # sees only the balancer's address on the wire); never the
+        # balancers' or the nodes' own addresses.
+        "auth_ban": {"failures": model.auth_ban.failures, "within": model.auth_ban.within,
+                     "ban": model.auth_ban.ban,
+                     "ignore": ["127.0.0.1/8", "::1",
+                                *(addr[h.name] for h in inventory.group("lb")),
+                                *([str(inventory.floating_address)]
+                                  if inventory.floating_address else []),
+                                *(addr[n] for n in mail_nodes)],
+                     "log_senders": [addr[n] for n in mail_nodes],
+                     "log_receivers": {h.name: addr[h.name] for h in inventory.group("lb")}},
+        # The selector each domain signs with (a rollover's, else the model's).
+        "dkim_selectors": {d: s.signing for d, s in dkim.selectors(inventory, model).items()},
         "mta_sts": {"enabled": sts, "hosts": mtasts.hosts(model) if sts else [],
                     "policy": mtasts.policy(model)},
     }

@@ -69,3 +69,28 @@ def replication_pairs(inventory: Inventory) -> list[tuple[str, str]]:
     4th, ...): dsync replicates within a pair. A node left alone has none."""
     nodes = [h.name for h in inventory.group("mail")]
     return [(nodes[i], nodes[i + 1]) for i in range(0, len(nodes) - 1, 2)]
+
+
+def front(inventory: Inventory) -> tuple[str, str]:
+    """Where clients and other mail servers reach the service, and what to
+    call it in reports: the balancers' floating address, else the one
+    balancer, else the first mail node."""
+    lbs = inventory.group("lb")
+    if inventory.floating_address is not None:
+        return str(inventory.floating_address), "+".join(h.name for h in lbs)
+    host = (lbs or inventory.group("mail"))[0]
+    return str(host.address), host.name
+
+
+def vrrp(inventory: Inventory) -> dict[str, object]:
+    """The balancers' VRRP settings, each balancer's own: the floating
+    address and its prefix, the others' addresses (unicast adverts), and a
+    priority falling in inventory order (it only decides who takes the
+    address when they start together: nopreempt keeps it where it is)."""
+    lbs = inventory.group("lb")
+    if inventory.floating_address is None:
+        return {"enabled": False}
+    # A /32 is answered by ARP all the same and routes nothing of its own.
+    return {"enabled": True, "address": str(inventory.floating_address), "prefix": 32,
+            "priority": {h.name: max(1, 254 - i) for i, h in enumerate(lbs)},
+            "peers": {h.name: [str(o.address) for o in lbs if o != h] for h in lbs}}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailops.core.durations import seconds
 from mailops.core.errors import InventoryError, InventoryErrors
 from mailops.inventory.fields import Field, Validator, holds, in_group_vars, matches, one_of
 from mailops.inventory.model import Inventory
@@ -37,6 +38,17 @@ class Mailbox:
 
 
 @dataclass(frozen=True)
+class AuthBan:
+    """Brute-force protection: a client address with `failures` failed
+    logins (SMTP AUTH, IMAP, POP3, on any node) within `within` seconds is
+    refused at the balancers for `ban` seconds."""
+
+    failures: int = 10
+    within: int = 600
+    ban: int = 3600
+
+
+@dataclass(frozen=True)
 class MailModel:
     service_name: str
     domains: tuple[str, ...]
@@ -48,6 +60,7 @@ class MailModel:
     spam_reject_score: float
     tls_mode: str
     mta_sts_mode: str = "testing"
+    auth_ban: AuthBan = AuthBan()
 
     def mailbox(self, address: str) -> Mailbox:
         for box in self.mailboxes:
@@ -79,9 +92,22 @@ def _destinations_problem(value: str | list) -> str | None:
     return None if dests and all(_address_ok(d) for d in dests) else DESTINATIONS
 
 
+def _duration_problem(value: str) -> str | None:
+    try:
+        return None if seconds(value, "s") >= 1 else f"{value!r} is under a second"
+    except ValueError:
+        return f"{value!r} is not a duration"
+
+
+def _auth_ban(value: dict[str, Any]) -> AuthBan:
+    return AuthBan(value["failures"], int(seconds(value["within"], "s")),
+                   int(seconds(value["ban"], "s")))
+
+
 MAIL_FILE = "mail.yml"  # where a mail setting belongs when no file sets it yet
 MAILBOX = "`- {address: user@example.com, quota: 1G}`"
 DESTINATIONS = "destinations must be a list of mail addresses"
+AUTH_BAN = "`mailops_auth_ban: {failures: 10, within: 10m, ban: 1h}`"
 
 MAIL_FIELDS = (
     Field("mailops_service_name", str, MAIL_FILE,
@@ -136,6 +162,17 @@ MAIL_FIELDS = (
           wrong_type="{value} is not an MTA-STS mode",
           check=one_of(STS_MODES, "{value} is not an MTA-STS mode"),
           fix=f"use one of {', '.join(STS_MODES)}"),
+    Field("mailops_auth_ban", dict, MAIL_FILE, default=AuthBan(), convert=_auth_ban,
+          wrong_type="must be a mapping", fix=f"write {AUTH_BAN}",
+          fields=(
+              Field("failures", int, MAIL_FILE, default=AuthBan.failures,
+                    check=holds(lambda v: v >= 2, "{value} failures would ban a typo"),
+                    fix="give how many failed logins ban an address, at least 2, e.g. 10"),
+              Field("within", (str, int), MAIL_FILE, default="10m", convert=str,
+                    check=_duration_problem, fix=f"give a duration, e.g. 10m; {AUTH_BAN}"),
+              Field("ban", (str, int), MAIL_FILE, default="1h", convert=str,
+                    check=_duration_problem, fix=f"give a duration, e.g. 1h; {AUTH_BAN}"),
+          )),
 )
 
 
@@ -191,6 +228,7 @@ def load_mail_model(inventory: Inventory) -> MailModel:
         aliases=aliases, message_size_limit=values["mailops_message_size_limit"],
         spam_add_header_score=add, spam_reject_score=reject,
         tls_mode=values["mailops_tls_mode"], mta_sts_mode=values["mailops_mta_sts"],
+        auth_ban=values["mailops_auth_ban"],
     )
 
 

@@ -17,6 +17,7 @@ from mailops.core.errors import MailopsError
 from mailops.dns.plan import Plan
 from mailops.inventory import remote
 from mailops.inventory.model import Inventory
+from mailops.site import dkim
 from mailops.site.moves import held_domains
 from mailops.verify.report import FAIL, OK, WARN, Report, Row
 
@@ -91,6 +92,7 @@ def check_dns(inventory: Inventory, report: Report) -> None:
                                "check the DNS settings (dns.yml) and that the server answers"))
     res = resolver_for(inventory)
     held = held_domains(inventory)
+    signing = dkim.selectors(inventory, model)
     for domain in model.domains:
         if domain in held:
             report.rows.append(Row("DNS records", domain, OK, f"moving in from "
@@ -112,7 +114,8 @@ def check_dns(inventory: Inventory, report: Report) -> None:
                                    "receivers return permerror and SPF fails",
                                    "" if ok else "replace include:/a/mx terms with ip4:/ip6: "
                                    "ranges (mailops_dns_spf)"))
-        _check_dkim(inventory, res, domain, model.dkim_selector, report)
+        # The selector mail is signed with now (after a rollover, its new one).
+        _check_dkim(inventory, res, domain, signing[domain].signing, report)
     _check_ptr(inventory, res, model.service_name, report)
 
 
@@ -129,8 +132,8 @@ def _check_dkim(inventory: Inventory, res: dns.resolver.Resolver, domain: str,
     if bits < 2048:
         report.rows.append(Row("DKIM key size", name, FAIL, f"{bits} bits",
                                f"the key has {bits} bits; receivers want 2048 or more",
-                               "rotate to a 2048-bit key (remove it from vault_dkim_keys, "
-                               "`deploy.py converge`, then `deploy.py dns apply`)"))
+                               "roll over to a new 2048-bit key: `deploy.py dkim rotate "
+                               f"--domain {domain}`"))
     # The nodes' public half, derived on the node: the private key never leaves it.
     path = f"/var/lib/rspamd/dkim/{domain}.{selector}.key"
     mismatched = []

@@ -98,38 +98,96 @@ def check_balancer_view(inventory: Inventory, svc: Service, report: Report) -> N
     lbs = inventory.group("lb")
     if not lbs:
         return
-    lb = lbs[0]
-    try:
-        states = haproxy_states(inventory, lb)
-    except (RuntimeError, IndexError) as e:
-        report.rows.append(Row("balancer health states", lb.name, FAIL, "",
-                               f"cannot read HAProxy's admin socket: {e}",
-                               f"on {lb.name}: `systemctl status haproxy`; "
-                               "`deploy.py converge` installs and starts it"))
-        return
+    _check_floating_address(inventory, lbs, report)
     ca = svc.ca_file.read_text() if svc.ca_file else ""
-    for node in inventory.group("mail"):
-        down = []
-        for port, _, _ in PORTS:
-            row = states.get((BACKEND[port], node.name))
-            status = row["status"] if row else "absent"
-            if status != "UP":
-                down.append(f"{BACKEND[port]} {status}"
-                            + (f" ({row.get('check_status', '')} {row.get('check_desc', '')})"
-                               .rstrip() if row else ""))
-        if down:
-            report.rows.append(Row(
-                "in the balancer and healthy", f"{node.name} via {lb.name}", FAIL,
-                "; ".join(down), f"the balancer sends no sessions to {node.name} for: "
-                + ", ".join(d.split()[0] for d in down),
-                f"on {node.name}: `systemctl status postfix dovecot`, start what is stopped "
-                "(`deploy.py converge` does); if a node was drained, `echo 'set server "
-                f"<service>/{node.name} state ready' | socat - /run/haproxy/admin.sock` on "
-                f"{lb.name}"))
-        else:
-            report.rows.append(Row("in the balancer and healthy", f"{node.name} via {lb.name}",
-                                   OK, "UP on all 7 services"))
-        _proxy_probe(inventory, lb, node, svc, ca, report)
+    for i, lb in enumerate(lbs):
+        try:
+            states = haproxy_states(inventory, lb)
+        except (RuntimeError, IndexError) as e:
+            report.rows.append(Row("balancer health states", lb.name, FAIL, "",
+                                   f"cannot read HAProxy's admin socket: {e}",
+                                   f"on {lb.name}: `systemctl status haproxy`; "
+                                   "`deploy.py converge` installs and starts it"))
+            continue
+        for node in inventory.group("mail"):
+            _check_backend(node, lb, states, report)
+            if i == 0:
+                # What a balancer sends, once per node (every balancer sends the same).
+                _proxy_probe(inventory, lb, node, svc, ca, report)
+
+
+def _check_backend(node: Host, lb: Host, states: dict, report: Report) -> None:
+    down = []
+    for port, _, _ in PORTS:
+        row = states.get((BACKEND[port], node.name))
+        status = row["status"] if row else "absent"
+        if status != "UP":
+            down.append(f"{BACKEND[port]} {status}"
+                        + (f" ({row.get('check_status', '')} {row.get('check_desc', '')})"
+                           .rstrip() if row else ""))
+    if down:
+        report.rows.append(Row(
+            "in the balancer and healthy", f"{node.name} via {lb.name}", FAIL,
+            "; ".join(down), f"the balancer sends no sessions to {node.name} for: "
+            + ", ".join(d.split()[0] for d in down),
+            f"on {node.name}: `systemctl status postfix dovecot`, start what is stopped "
+            "(`deploy.py converge` does); if a node was drained, `deploy.py undrain "
+            f"{node.name}`"))
+    else:
+        report.rows.append(Row("in the balancer and healthy", f"{node.name} via {lb.name}",
+                               OK, "UP on all 7 services"))
+
+
+# Run on a balancer (python3 - ADDRESS SECONDS): says "ready", then "held T"
+# at the wall-clock time T (one kernel: the controller's clock) when this
+# balancer first holds the floating address, or "timeout T". For failover
+# tests and benchmarks.
+FLOATING_WATCH = r"""
+import subprocess, sys, time
+vip, limit = sys.argv[1], float(sys.argv[2])
+end = time.time() + limit
+print("ready", flush=True)
+while time.time() < end:
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show", "to", vip + "/32"],
+                         capture_output=True, text=True).stdout
+    if out.strip():
+        print("held", repr(time.time()), flush=True)
+        sys.exit(0)
+    time.sleep(0.02)
+print("timeout", repr(time.time()), flush=True)
+sys.exit(1)
+"""
+
+
+def floating_holders(inventory: Inventory) -> dict[str, bool | None]:
+    """balancer -> whether it holds the floating address now (None: could
+    not be asked)."""
+    vip = str(inventory.floating_address)
+    out: dict[str, bool | None] = {}
+    for lb in inventory.group("lb"):
+        res = remote.run(inventory, lb, f"ip -o -4 addr show to {vip}/32", timeout=20)
+        out[lb.name] = None if res.returncode else bool(res.stdout.strip())
+    return out
+
+
+def _check_floating_address(inventory: Inventory, lbs: tuple[Host, ...],
+                            report: Report) -> None:
+    if inventory.floating_address is None:
+        return
+    vip = str(inventory.floating_address)
+    holders = floating_holders(inventory)
+    held = [n for n, h in holders.items() if h]
+    unknown = [n for n, h in holders.items() if h is None]
+    if len(held) == 1:
+        report.rows.append(Row("floating address held once", vip, OK, f"on {held[0]}"
+                               + (f" ({', '.join(unknown)} not reachable)" if unknown else "")))
+        return
+    cause = ("no balancer holds it: clients and the MX reach nothing" if not held else
+             f"{' and '.join(held)} all hold it: VRRP adverts do not pass between them")
+    report.rows.append(Row("floating address held once", vip, FAIL,
+                           ", ".join(held) or "nobody", cause,
+                           "on each balancer: `systemctl status keepalived haproxy` and "
+                           "`journalctl -u keepalived`; `deploy.py converge` starts them"))
 
 
 def probe_node(inventory: Inventory, node: Host, svc: Service) -> Report:
@@ -189,7 +247,20 @@ def _proxy_probe(inventory: Inventory, lb: Host, node: Host, svc: Service, ca: s
             report.rows.append(Row(check, target, OK, detail))
 
 
-def check_replication(inventory: Inventory, svc: Service, report: Report,
+def dovecot_down(inventory: Inventory) -> set[str]:
+    """The mail nodes whose Dovecot is not running: the checks that need it
+    there fail at once rather than after a wait. Asked once per verify run."""
+    return {h.name for h in inventory.group("mail")
+            if remote.run(inventory, h, "systemctl is-active --quiet dovecot").returncode != 0}
+
+
+def _dovecot_down_row(check: str, target: str, host: str, what: str) -> Row:
+    return Row(check, target, FAIL, "", f"Dovecot is not running on {host}: {what}",
+               f"on {host}: `systemctl status dovecot` and `journalctl -u dovecot`; "
+               "`deploy.py converge` starts it")
+
+
+def check_replication(inventory: Inventory, svc: Service, report: Report, down: set[str],
                       timeout: float = 15) -> None:
     """A message delivered on one node must appear on its pair."""
     nodes = inventory.group("mail")
@@ -199,6 +270,11 @@ def check_replication(inventory: Inventory, svc: Service, report: Report,
     for a, b in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
         subject = f"mailops replication {uuid.uuid4().hex[:10]}"
         target = f"{a.name} -> {b.name}"
+        if down & {a.name, b.name}:
+            report.rows.append(_dovecot_down_row(
+                "replication", target, min(down & {a.name, b.name}),
+                f"nothing replicates between {a.name} and {b.name}"))
+            continue
         res = remote.sendmail(inventory, a, user, user, subject, "replication check")
         if res.returncode != 0:
             report.rows.append(Row("replication", target, FAIL, "",
@@ -233,7 +309,7 @@ def check_replication(inventory: Inventory, svc: Service, report: Report,
                 "'*'`"))
 
 
-def check_homes(inventory: Inventory, svc: Service, report: Report,
+def check_homes(inventory: Inventory, svc: Service, report: Report, down: set[str],
                 timeout: float = 30) -> None:
     """A message for the test account handed to each node is stored on the
     account's home node, once, by that node's own LMTP (Dovecot's Received
@@ -246,24 +322,38 @@ def check_homes(inventory: Inventory, svc: Service, report: Report,
     if home is None:
         return
     home_host = inventory.host(home.node)
+    if home.node in down:
+        for node in nodes:
+            report.rows.append(_dovecot_down_row(
+                "delivered on the home node", f"{user} via {node.name}", home.node,
+                f"the home of {user}, nothing can be stored there"))
+        return
+    # Handed to every node first, then looked for together: one wait, not
+    # one per node, when the home does not store them.
+    sent: dict[str, str] = {}  # node -> subject
     for node in nodes:
         subject = f"mailops home {uuid.uuid4().hex[:10]}"
-        check, target = "delivered on the home node", f"{user} via {node.name}"
         res = remote.sendmail(inventory, node, user, user, subject, "home node check")
         if res.returncode != 0:
-            report.rows.append(Row(check, target, FAIL, "",
-                                   f"could not inject a message on {node.name}: "
+            report.rows.append(Row("delivered on the home node", f"{user} via {node.name}", FAIL,
+                                   "", f"could not inject a message on {node.name}: "
                                    f"{res.stderr.strip()[:200]}",
                                    f"on {node.name}: `systemctl status postfix`"))
-            continue
-        query = f"mailbox INBOX header subject '{subject}'"
-        t0, found = time.monotonic(), ""
-        while time.monotonic() - t0 < timeout:
-            found = remote.run(inventory, home_host, f"doveadm search -u {user} {query}").stdout
-            if found.strip():
-                break
+        else:
+            sent[node.name] = subject
+    t0, found, took = time.monotonic(), {}, {}
+    while sent.keys() - found.keys() and time.monotonic() - t0 < timeout:
+        for name in sent.keys() - found.keys():
+            query = f"mailbox INBOX header subject '{sent[name]}'"
+            out = remote.run(inventory, home_host, f"doveadm search -u {user} {query}").stdout
+            if out.strip():
+                found[name], took[name] = out, time.monotonic() - t0
+        if sent.keys() - found.keys():
             time.sleep(0.5)
-        copies = len(found.strip().splitlines())
+    for name, subject in sent.items():
+        check, target = "delivered on the home node", f"{user} via {name}"
+        query = f"mailbox INBOX header subject '{subject}'"
+        copies = len(found.get(name, "").strip().splitlines())
         headers = remote.run(inventory, home_host,
                              f"doveadm fetch -u {user} hdr {query}").stdout if copies else ""
         # The header is folded: "Received: from ...\n\tby mail2 with LMTP ...".
@@ -273,21 +363,21 @@ def check_homes(inventory: Inventory, svc: Service, report: Report,
         if copies == 1 and stored_by == home.node:
             report.rows.append(Row(check, target, OK,
                                    f"stored once on {home.node} (its home) after "
-                                   f"{time.monotonic() - t0:.1f} s"))
+                                   f"{took[name]:.1f} s"))
         elif copies == 0:
             report.rows.append(Row(
                 check, target, FAIL, "",
-                f"handed to {node.name}, not on its home {home.node} after {timeout:.0f} s",
-                f"on {node.name}: `postqueue -p` and `journalctl -u postfix | grep lmtp` show "
+                f"handed to {name}, not on its home {home.node} after {timeout:.0f} s",
+                f"on {name}: `postqueue -p` and `journalctl -u postfix | grep lmtp` show "
                 f"why; LMTP to {home.node}:24 must be reachable (`deploy.py converge` writes "
                 "/etc/postfix/transport_homes and Dovecot's LMTP listener)"))
         else:
             report.rows.append(Row(
                 check, target, FAIL, f"{copies} cop(ies), stored by {stored_by or 'unknown'}",
-                f"handed to {node.name}, the message was stored {copies} time(s) on "
+                f"handed to {name}, the message was stored {copies} time(s) on "
                 f"{home.node}, by {stored_by or 'an unknown host'} rather than once by "
                 f"{home.node} itself",
-                f"on {node.name}: `postmap -q {user} texthash:/etc/postfix/transport_homes` must "
+                f"on {name}: `postmap -q {user} texthash:/etc/postfix/transport_homes` must "
                 f"name {home.node} first (`deploy.py converge` writes it)"))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from mailops.core.paths import ca_file, vault_file
 from mailops.inventory.model import Inventory
 from mailops.secrets.vault import load_secrets
+from mailops.site.derived import front
 from mailops.site.homes import Home, homes
 from mailops.site.mailmodel import load_mail_model
 from mailops.verify.mailclient import Endpoint
@@ -42,7 +43,9 @@ def service_for(inventory: Inventory) -> Service:
     CA certificate (public) where clients can read it."""
     model = load_mail_model(inventory)
     secrets = load_secrets(vault_file(inventory.path), inventory.vault_password_file)
-    front = (inventory.group("lb") or inventory.group("mail"))[0]
+    address, name = front(inventory)
+    # A mailbox kept for tests is named on the (first) front host.
+    first = (inventory.group("lb") or inventory.group("mail"))[0]
     ca: Path | None = None
     if secrets.ca is not None:
         ca = ca_file(inventory.path, inventory.lab.name if inventory.lab else None)
@@ -56,7 +59,7 @@ def service_for(inventory: Inventory) -> Service:
                     if m.address in passwords}
     else:
         # Elsewhere only a mailbox kept for tests, never a user's.
-        wanted = inventory.variables.get(front.name, {}).get("mailops_verify_account")
+        wanted = inventory.variables.get(first.name, {}).get("mailops_verify_account")
         accounts = {wanted: passwords[wanted]} if wanted in passwords else {}
-    return Service(model.service_name, str(front.address), front.name, ca, accounts,
+    return Service(model.service_name, address, name, ca, accounts,
                    homes(inventory, model))

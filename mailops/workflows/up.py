@@ -184,11 +184,14 @@ def _wait_healthy(inventory: Inventory, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     waiting: list[str] = []
     while time.monotonic() < deadline:
-        try:
-            states = haproxy_states(inventory, lbs[0])
-        except (RuntimeError, IndexError):
-            return  # verify reports an unreadable balancer itself
-        waiting = sorted({f"{n} ({b})" for (b, n), r in states.items() if r["status"] != "UP"})
+        waiting = []
+        for lb in lbs:
+            try:
+                states = haproxy_states(inventory, lb)
+            except (RuntimeError, IndexError):
+                continue  # verify reports an unreadable balancer itself
+            waiting += sorted({f"{n} ({b})" for (b, n), r in states.items()
+                               if r["status"] != "UP"} - set(waiting))
         if not waiting:
             return
         step("verify", lbs[0].name, f"waiting for the balancer: {', '.join(waiting[:4])}")

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from mailops.verify.mailclient import message
+from tests.conftest import session_node
 
 pytestmark = pytest.mark.lab
 
@@ -116,20 +117,6 @@ def test_mail_spread_over_both_nodes_is_stored_once_on_each_replica(node):
         assert len({g for _, g in copies}) == len(copies), "\n".join(table)
 
 
-def _session_node(imap) -> str:
-    """Which node serves an IMAP session: x-mailops-node in the ID reply,
-    sent after login by the node at the end of any proxy hop."""
-    import imaplib
-    import re
-
-    imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED"))
-    typ, data = imap._simple_command("ID", "NIL")
-    ids = imap._untagged_response(typ, data, "ID")[1]
-    found = re.search(r'"x-mailops-node" "([^"]*)"',
-                      b" ".join(d for d in ids if isinstance(d, bytes)).decode())
-    return found[1] if found else ""
-
-
 def test_sessions_on_any_node_are_served_by_the_home_with_the_clients_address(node):
     """IMAP and POP3 through the balancer (round robin over both nodes): the
     home node serves every session, the other node proxies the ones it
@@ -147,7 +134,7 @@ def test_sessions_on_any_node_are_served_by_the_home_with_the_clients_address(no
     served = []
     for _ in range(6):  # the balancer alternates: both nodes take some
         imap = node.endpoint.imap(user, password)
-        served.append(_session_node(imap))
+        served.append(session_node(imap))
         imap.logout()
         pop = node.endpoint.pop3(user, password)
         assert pop.stat()[0] >= 0

@@ -26,7 +26,9 @@ def production_inventory(converged, lab_inventory, tmp_path_factory):
     children = {}
     for group, body in lab_hosts["all"]["children"].items():
         children[group] = {"hosts": {name: {"ansible_host": h["ansible_host"]}
-                                     for name, h in (body.get("hosts") or {}).items()}}
+                                     for name, h in (body.get("hosts") or {}).items()},
+                           # The balancers' floating address.
+                           **({"vars": body["vars"]} if body.get("vars") else {})}
     dns = [str(h.address) for h in converged.group("dns")]
     hosts = {"all": {"vars": {
         "ansible_user": "root",

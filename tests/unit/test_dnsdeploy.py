@@ -67,7 +67,7 @@ def test_lab_desired_records():
     model = load_mail_model(inv)
     desired = dnsdeploy.desired_for(inv, model, fake_secrets(model.domains))
     assert sorted(desired) == sorted(model.domains)  # the service name is in example.test
-    lb = str(inv.group("lb")[0].address)
+    lb = str(inv.floating_address)  # the balancers' floating address
     by_key = {zone: {(r.name, r.type): r for r in recs} for zone, recs in desired.items()}
     for domain in model.domains:
         recs = by_key[domain]
@@ -174,7 +174,7 @@ def test_service_outside_the_mail_domains_gets_its_own_zone(tmp_path):
     model = dataclasses.replace(load_mail_model(inv), service_name="mx.provider.test")
     desired = dnsdeploy.desired_for(inv, model, fake_secrets(model.domains))
     assert [(r.name, r.type, r.values) for r in desired["provider.test"]] == [
-        ("mx", "A", (str(inv.group("lb")[0].address),))]
+        ("mx", "A", (str(inv.floating_address),))]
     assert not any(r.type == "A" and r.name == "mail" for r in desired["example.test"])
     cfg = dnsdeploy.settings(inv)
     assert derived.zones_served(model, cfg.external_domain) == ["example.test", "example.net",

@@ -43,8 +43,11 @@ def test_lab_inventory_loads_into_the_model():
     inv = load_inventory(LAB)
     assert inv.lab is not None and inv.lab.name == "mailops"
     assert {h.name for h in inv.group("mail")} == {"mail1", "mail2"}
-    for group in ("lb", "dns", "external"):
+    for group in ("dns", "external"):
         assert len(inv.group(group)) == 1, group
+    assert [h.name for h in inv.group("lb")] == ["lb1", "lb2"]
+    assert inv.floating_address is not None and inv.floating_address in inv.lab.subnet
+    assert inv.floating_address not in {h.address for h in inv.hosts}
     assert all(h.address in inv.lab.subnet for h in inv.hosts)
     assert len({h.address for h in inv.hosts}) == len(inv.hosts)
     assert inv.host("mail1").apt_proxy == "http://198.18.0.1:3142"
@@ -56,8 +59,56 @@ def test_good_inventory_loads(tmp_path):
     assert str(inv.lab.gateway) == "198.19.7.1"
     assert inv.lab.veth(inv.host("mail2")) == "t-12"
 
+PAIR = GOOD.replace("""    lb:
+      hosts:
+        lb1: {ansible_host: 198.19.7.10}
+""", """    lb:
+      vars: {mailops_floating_address: 198.19.7.9}
+      hosts:
+        lb1: {ansible_host: 198.19.7.10}
+        lb2: {ansible_host: 198.19.7.13}
+""")
+
+
+def test_a_balancer_pair_has_one_floating_address(tmp_path):
+    from mailops.site.derived import front, vrrp
+
+    inv = load_inventory(write(tmp_path, PAIR))
+    assert str(inv.floating_address) == "198.19.7.9"
+    assert front(inv) == ("198.19.7.9", "lb1+lb2")
+    v = vrrp(inv)
+    assert v["enabled"] and v["address"] == "198.19.7.9" and v["prefix"] == 32
+    assert v["peers"] == {"lb1": ["198.19.7.13"], "lb2": ["198.19.7.10"]}
+    assert v["priority"]["lb1"] > v["priority"]["lb2"]
+    (tmp_path / "one").mkdir()
+    single = load_inventory(write(tmp_path / "one", GOOD))
+    assert single.floating_address is None and vrrp(single) == {"enabled": False}
+    assert front(single) == ("198.19.7.10", "lb1")
+
 
 BAD = {
+    "two balancers, no floating address": (
+        PAIR.replace("      vars: {mailops_floating_address: 198.19.7.9}\n", ""),
+        "all.children.lb.vars.mailops_floating_address", "2 balancers need one floating",
+        "add a free address"),
+    "floating address of a host": (
+        PAIR.replace("mailops_floating_address: 198.19.7.9", "mailops_floating_address: "
+                     "198.19.7.11"),
+        "all.children.lb.vars.mailops_floating_address", "the address of mail1",
+        "no host has"),
+    "floating address outside the lab": (
+        PAIR.replace("mailops_floating_address: 198.19.7.9", "mailops_floating_address: "
+                     "10.1.1.9"),
+        "all.children.lb.vars.mailops_floating_address", "not a free address of the lab",
+        "pick one in 198.19.7.0/24"),
+    "floating address not an address": (
+        PAIR.replace("mailops_floating_address: 198.19.7.9", "mailops_floating_address: vip"),
+        "all.children.lb.vars.mailops_floating_address", "not an IPv4 address",
+        "write an IPv4 address"),
+    "floating address with one balancer": (
+        GOOD.replace("    lb:\n", "    lb:\n      vars: {mailops_floating_address: 198.19.7.9}\n"),
+        "all.children.lb.vars.mailops_floating_address", "two or more balancers",
+        "add a second host"),
     "unknown group": (
         GOOD + "    webservers:\n      hosts:\n        web1: {ansible_host: 198.19.7.30}\n",
         "all.children.webservers", "unknown group 'webservers'", "use only the groups"),
@@ -154,3 +205,13 @@ def test_ansible_sees_the_same_hosts():
     assert res.returncode == 0, res.stderr[-2000:]
     listed = set(json.loads(res.stdout)["_meta"]["hostvars"])
     assert listed == {h.name for h in model.hosts}
+
+
+def test_converge_limit_naming_no_host_or_group_is_refused_before_any_host(tmp_path):
+    inv = tmp_path / "lab"
+    shutil.copytree(LAB, inv)
+    res = subprocess.run([sys.executable, str(ROOT / "deploy.py"), "converge", "--limit",
+                          "mial", "-i", str(inv)], capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert "--limit mial" in res.stderr and "mail" in res.stderr and str(inv) in res.stderr
+    assert "PLAY" not in res.stdout  # Ansible never ran

@@ -24,6 +24,16 @@ def test_lab_mail_model_is_valid():
     assert model.spam_add_header_score < model.spam_reject_score
     assert model.mailbox("tiny@example.net").quota_bytes == 200 * 1024
     assert "team@example.net" in model.aliases
+    # The lab bans briefly (its tests wait a ban out); seconds, derived once.
+    assert (model.auth_ban.failures, model.auth_ban.within, model.auth_ban.ban) == (10, 600, 60)
+
+
+def test_auth_ban_defaults_when_left_out(tmp_path):
+    model = load_mail_model(load_inventory(_with(tmp_path, mailops_auth_ban=None)))
+    assert (model.auth_ban.failures, model.auth_ban.within, model.auth_ban.ban) == (10, 600, 3600)
+    model = load_mail_model(load_inventory(
+        _with(tmp_path, mailops_auth_ban={"failures": 5, "within": 120})))
+    assert (model.auth_ban.failures, model.auth_ban.within, model.auth_ban.ban) == (5, 120, 3600)
 
 
 def _with(tmp_path: Path, **changes) -> Path:
@@ -59,6 +69,12 @@ BAD = {
                             "lower score"),
     "unknown tls mode": ({"mailops_tls_mode": "letsencrypt"}, "mailops_tls_mode",
                          "is not a TLS mode", "internal, files"),
+    "ban after one failure": ({"mailops_auth_ban": {"failures": 1}},
+                              "mailops_auth_ban.failures", "would ban a typo", "at least 2"),
+    "ban for a bad duration": ({"mailops_auth_ban": {"ban": "a while"}},
+                               "mailops_auth_ban.ban", "is not a duration", "e.g. 1h"),
+    "ban with an unknown key": ({"mailops_auth_ban": {"tries": 5}},
+                                "mailops_auth_ban.tries", "unknown key", "`failures`"),
 }
 
 

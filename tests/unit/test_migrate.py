@@ -135,10 +135,9 @@ def test_a_domain_moving_in_is_forwarded_to_its_legacy_server_until_the_cutover(
 
 
 def test_a_held_domain_has_no_records_in_the_dns_plan_until_the_cutover(tmp_path):
-    from types import SimpleNamespace
-
     from mailops.dns.desired import desired_for
     from mailops.secrets import pki
+    from mailops.secrets.vault import Secrets
     from mailops.site.mailmodel import load_mail_model
     from mailops.site.moves import CUTOVER, set_stage
 
@@ -147,7 +146,7 @@ def test_a_held_domain_has_no_records_in_the_dns_plan_until_the_cutover(tmp_path
     inv = load_inventory(path)
     model = load_mail_model(inv)
     key = pki.generate_dkim_key()
-    secrets = SimpleNamespace(dkim={d: key for d in model.domains})
+    secrets = Secrets(None, None, {d: key for d in model.domains}, "")
     assert "example.org" not in desired_for(inv, model, secrets)
     set_stage(inv, "legacy1", CUTOVER)
     inv = load_inventory(path)
@@ -201,3 +200,48 @@ def test_a_legacy_dovecots_user_hashes_are_found_through_doveconf():
              "frank:$6$xyz$uvw:1000:1000::/home/frank::\nnopass:::::::\n")
     assert migrate.parse_passwd_file(users, "SHA512-CRYPT") == {
         "erin": "{SHA512-CRYPT}$6$abc$def", "frank": "{SHA512-CRYPT}$6$xyz$uvw"}
+
+
+def _fake_runs(monkeypatch, exits: list[int], answers: bool = True) -> list[str]:
+    """doveadm's exits, one per try, on a fake node; sleeps cost nothing."""
+    import subprocess
+
+    calls: list[str] = []
+
+    def run(inventory, host, command, timeout=None):
+        calls.append(command)
+        code = exits[len(calls) - 1]
+        return subprocess.CompletedProcess(command, code, "", f"dsync: exit {code}")
+    monkeypatch.setattr(migrate.remote, "run", run)
+    monkeypatch.setattr(migrate.time, "sleep", lambda s: None)
+    monkeypatch.setattr(migrate, "_answers", lambda source: answers)
+    return calls
+
+
+def _legacy1() -> migrate.Source:
+    from ipaddress import IPv4Address
+
+    from mailops.inventory.model import Host
+
+    host = Host("legacy1", ("legacy",), IPv4Address("198.19.7.21"))
+    return migrate.Source(host, "cyrus", "example.org", 143, "starttls", "admin", "secret", 110)
+
+
+@pytest.mark.parametrize("exits, result, tries", [
+    ([75, 2, 0], "ok", 3),  # a locked mailbox / a mid-sync arrival, then done
+    ([1], "FAILED (doveadm exit 1): dsync: exit 1", 1),  # not worth a second try
+    ([75] * 5, "FAILED (doveadm exit 75 after 5 tries; run sync again): dsync: exit 75", 5),
+])
+def test_a_sync_is_tried_again_only_where_dsync_says_try_again(monkeypatch, exits, result,
+                                                               tries):
+    calls = _fake_runs(monkeypatch, exits)
+    assert migrate._sync_user(None, _legacy1(), None, "frank", "frank@example.org") == (
+        result, tries)
+    assert len(calls) == tries and "backup -R -u frank@example.org" in calls[0]
+
+
+def test_a_sync_whose_source_went_away_is_not_tried_again(monkeypatch):
+    calls = _fake_runs(monkeypatch, [75, 0], answers=False)
+    result, tries = migrate._sync_user(None, _legacy1(), None, "frank", "frank@example.org")
+    assert result.startswith("FAILED: legacy1 (198.19.7.21:143) stopped answering")
+    assert tries == 1 and len(calls) == 1

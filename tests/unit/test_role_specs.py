@@ -35,11 +35,14 @@ SITE_GROUPS = {
     "common": ["mail"],
     "dovecot": ["mail"],
     "external": ["external"],
+    "fail2ban": ["lb"],
     "haproxy": ["lb"],
+    "keepalived": ["lb"],
     "legacy": ["legacy"],
     "postfix": ["mail"],
     "resolver": ["all"],
     "rspamd": ["mail", "external"],
+    "rsyslog": ["mail", "lb"],
     "tls": ["mail"],
 }
 # One wrong value per role (the others in the same run must still pass):

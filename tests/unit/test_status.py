@@ -47,3 +47,37 @@ def test_haproxy_stats_rows_by_backend_and_server():
     rows = parse_haproxy_stat(csv)
     assert sorted(rows) == [("smtp", "mail1"), ("smtp", "mail2")]
     assert rows[("smtp", "mail2")]["status"] == "DRAIN" and rows[("smtp", "mail1")]["scur"] == "1"
+
+
+class _Balancers:
+    """The part of a runbook session set_balancer_state uses: two balancers'
+    stats rows, and the commands it would run on each."""
+
+    def __init__(self, status: dict[str, str]):
+        from ipaddress import IPv4Address
+
+        from mailops.inventory.model import Host
+        from mailops.verify.nodes import BACKEND
+
+        self.hosts = {n: Host(n, ("lb",), IPv4Address(f"198.19.9.{k}"))
+                      for k, n in enumerate(("lb1", "lb2"), 1)}
+        self.rows = {(b, "mail1"): {"status": status.get(b, "UP")} for b in BACKEND.values()}
+        self.ran: dict[str, list[str]] = {}
+
+    def haproxy(self, name):
+        return self.rows
+
+    def operate(self, name, host, commands):
+        self.ran[host] = commands
+        return bool(commands)
+
+
+def test_undrain_readies_a_server_that_shows_down_as_its_drain_may_hide_under_it():
+    from mailops.ops.runbook import set_balancer_state
+
+    s = _Balancers({"imaps": "DOWN", "pop3": "DRAIN", "imap": "UP 1/2"})
+    changed = set_balancer_state(s, "mail1", "ready")
+    assert changed == ["lb1: imaps", "lb1: pop3", "lb2: imaps", "lb2: pop3"]
+    assert all(len(cmds) == 2 and "set server imaps/mail1 state ready" in cmds[0]
+               for cmds in s.ran.values())
+    assert set_balancer_state(_Balancers({}), "mail1", "ready") == []  # all UP: nothing
