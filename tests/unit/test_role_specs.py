@@ -206,6 +206,55 @@ def test_role_uses_only_public_or_internal_variables(role):
         + "\n  ".join(f"{k}: {', '.join(v)}" for k, v in sorted(undocumented.items())))
 
 
+# --- handlers ------------------------------------------------------------------
+
+
+def _handlers(role: str) -> list[dict[str, Any]]:
+    path = ROLE_DIRS[role] / "handlers" / "main.yml"
+    return (load(path) or []) if path.is_file() else []
+
+
+def _handler_names(handler: dict[str, Any]) -> set[str]:
+    listen = handler.get("listen", [])
+    return {handler["name"], *([listen] if isinstance(listen, str) else listen)}
+
+
+def _notified(role: str) -> list[tuple[str, str]]:
+    """(handler name, file) for every notify in the role's tasks, blocks included."""
+    out: list[tuple[str, str]] = []
+
+    def walk(tasks: Any, where: str) -> None:
+        for task in tasks or []:
+            notify = task.get("notify", [])
+            out.extend((name, where) for name in ([notify] if isinstance(notify, str) else notify))
+            for key in ("block", "rescue", "always"):
+                walk(task.get(key), where)
+
+    for path in sorted((ROLE_DIRS[role] / "tasks").rglob("*.yml")):
+        walk(load(path), _shown(path))
+    return out
+
+
+def test_handler_names_are_unique_across_the_roles_of_the_play():
+    """site.yml converges every role in one play, where a notify runs every
+    handler of that name whichever role defined it: a mail node's Postfix
+    change once ran the legacy role's reload, which had no retries."""
+    owners: dict[str, list[str]] = {}
+    for role in SITE_GROUPS:
+        for handler in _handlers(role):
+            for name in _handler_names(handler):
+                owners.setdefault(name, []).append(role)
+    shared = {name: roles for name, roles in owners.items() if len(set(roles)) > 1}
+    assert not shared, f"handler names defined by more than one role: {shared}"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_notify_names_a_handler_of_the_same_role(role):
+    own = set().union(*(_handler_names(h) for h in _handlers(role)))
+    foreign = [f"{name} ({where})" for name, where in _notified(role) if name not in own]
+    assert not foreign, f"{role} notifies handlers it does not define: {foreign}"
+
+
 # --- the specs validated by Ansible -------------------------------------------
 
 
