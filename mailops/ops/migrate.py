@@ -33,7 +33,7 @@ from mailops.dns.settings import settings as dns_settings
 from mailops.inventory import remote
 from mailops.inventory.model import Host, Inventory
 from mailops.ops.backup import imap_name
-from mailops.ops.move import DSYNC_RETRY_WAITS, TEMPFAIL
+from mailops.ops.dsync import RETRY_WAITS, TEMPFAIL
 from mailops.secrets.vault import load_secrets
 from mailops.secrets.wanted import MIGRATE_ADMIN_PASSWORD
 from mailops.site.homes import Home, homes
@@ -465,7 +465,7 @@ def _sync_user(inventory: Inventory, source: Source, node: Host, user: str,
     verb = "sync -1" if merge else "backup"
     cmd = (f"nice -n 10 doveadm -c {conf} -o imapc_user={user} {pop3}{verb} -R -u {address} "
            "imapc:")
-    for tries, wait in enumerate((*DSYNC_RETRY_WAITS, 0), 1):
+    for tries, wait in enumerate((*RETRY_WAITS, 0), 1):
         res = remote.run(inventory, node, cmd, timeout=3600)
         if res.returncode == 0:
             return "ok", tries

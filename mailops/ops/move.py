@@ -25,7 +25,8 @@ from mailops.core.errors import InventoryError, MailopsError
 from mailops.core.progress import step
 from mailops.inventory import remote
 from mailops.inventory.model import Host, Inventory, load_inventory
-from mailops.site.homes import BACKEND_PORTS, home_of, homes, pairs_of
+from mailops.ops.dsync import node_sync
+from mailops.site.homes import home_of, homes, pairs_of
 from mailops.site.mailmodel import MAIL_FILE, load_mail_model, set_mailbox_home
 
 
@@ -77,11 +78,6 @@ class MoveResult:
                           for w, h, r, t in self.steps],
                 "folders": [{"folder": f.folder, "old": f.old, "new": f.new,
                              "missing": f.missing} for f in self.folders]}
-
-
-TEMPFAIL = 75  # sysexits EX_TEMPFAIL
-DSYNC_RETRY_WAITS = (2, 4, 8, 15)  # seconds between tries of a locked mailbox's sync
-DSYNC_LOCK_WAIT = 30  # seconds a sync waits for the user's dsync lock (the replicator's -l)
 
 
 def _run(inventory: Inventory, host: Host, command: str, what: str,
@@ -137,18 +133,7 @@ def move_mailbox(inventory: Inventory, address: str, to: str,
         return out
 
     def dsync(verb: str, src: Host, dest: Host, done: str) -> str:
-        # -l: take the user's dsync lock on both ends, as the replicator's
-        # own syncs do, so a replication of the same mailbox waits for this
-        # one instead of writing into the same copy at the same time.
-        command = (f"doveadm {verb} -l {DSYNC_LOCK_WAIT} -u {address} "
-                   f"tcp:{dest.address}:{BACKEND_PORTS['doveadm']}")
-        # Exit 75 is dsync's "try again": the lock was not had in time, or
-        # the mailbox changed during the sync. Retried, bounded.
-        for wait in (*DSYNC_RETRY_WAITS, None):
-            res = remote.run(inventory, src, command, timeout=600)
-            if res.returncode != TEMPFAIL or wait is None:
-                break
-            time.sleep(wait)
+        res = node_sync(inventory, src, dest, address, verb)
         if res.returncode != 0:
             raise _failed(src, f"doveadm {verb}", res)
         return done

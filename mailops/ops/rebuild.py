@@ -27,7 +27,8 @@ from mailops.core.progress import step
 from mailops.inventory import remote
 from mailops.inventory.model import Host, Inventory
 from mailops.ops import backup as ops_backup
-from mailops.site.homes import BACKEND_PORTS, homes
+from mailops.ops.dsync import node_sync
+from mailops.site.homes import homes
 from mailops.site.mailmodel import load_mail_model
 from mailops.verify.nodes import BACKEND, haproxy_states
 
@@ -134,10 +135,10 @@ def rebuild(inventory: Inventory, node: str, requeue: bool = True) -> RebuildRes
             return f"{len(stored_here)} mailbox(es) from the latest backup (no peer answers)"
         peer = nodes[alive[0]]
         for address in stored_here:
-            cmd = (f"for i in 1 2 3 4 5; do doveadm sync -u {address} "
-                   f"tcp:{host.address}:{BACKEND_PORTS['doveadm']} && exit 0; sleep 2; done; "
-                   "exit 1")
-            res = remote.run(inventory, peer, cmd, timeout=900)
+            # Any failure is tried again (the node has just started), under
+            # the user's dsync lock: its own replicator may sync the same
+            # mailbox at the same time.
+            res = node_sync(inventory, peer, host, address, retry_on=None, timeout=900)
             if res.returncode != 0:
                 raise MailopsError(f"syncing {address} from {peer.name} failed: "
                                    f"{res.stderr.strip()[:300]}\nthe node stays drained; "
