@@ -249,6 +249,23 @@ def test_handler_names_are_unique_across_the_roles_of_the_play():
 
 
 @pytest.mark.parametrize("role", ROLES)
+def test_service_handlers_are_retried(role):
+    """systemd in a lab container now and then fails to spawn a reload's or
+    a restart's control process (219/CGROUP): every handler that reloads or
+    restarts a unit tries again, until it succeeds."""
+    bare = []
+    for handler in _handlers(role):
+        module = handler.get("ansible.builtin.systemd_service") or {}
+        if module.get("state") not in ("reloaded", "restarted"):
+            continue
+        until = str(handler.get("until", ""))
+        if not (handler.get("retries", 0) >= 1 and handler.get("register")
+                and until == f"{handler['register']} is succeeded"):
+            bare.append(handler["name"])
+    assert not bare, f"{role}: handlers not retried until they succeed: {bare}"
+
+
+@pytest.mark.parametrize("role", ROLES)
 def test_notify_names_a_handler_of_the_same_role(role):
     own = set().union(*(_handler_names(h) for h in _handlers(role)))
     foreign = [f"{name} ({where})" for name, where in _notified(role) if name not in own]
