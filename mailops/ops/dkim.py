@@ -17,7 +17,7 @@ import dns.exception
 
 from mailops.core.errors import MailopsError
 from mailops.core.paths import vault_file
-from mailops.core.progress import step, table
+from mailops.core.progress import table, timed
 from mailops.inventory.model import Inventory, load_inventory
 from mailops.secrets import pki
 from mailops.secrets.vault import add_dkim_keys, load_secrets
@@ -43,11 +43,8 @@ class RotateReport:
     ok: bool = False
 
     def run(self, domain: str, name: str, fn) -> Any:
-        step("dkim", domain, name)
-        t0 = time.monotonic()
-        value = fn()
-        self.rows.append(RotateRow(domain, name, value if isinstance(value, str) else "ok",
-                                   time.monotonic() - t0))
+        value, shown, seconds = timed("dkim", domain, name, fn)
+        self.rows.append(RotateRow(domain, name, shown, seconds))
         return value
 
     def text(self) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 from mailops.core.errors import MailopsError
 from mailops.core.paths import vault_file
-from mailops.core.progress import step, table
+from mailops.core.progress import step, table, timed
 from mailops.dns.settings import settings as dns_settings
 from mailops.inventory import remote
 from mailops.inventory.model import Host, Inventory
@@ -901,11 +901,8 @@ class MoveReport:
     ok: bool = False
 
     def run(self, name: str, target: str, fn) -> Any:
-        step("migrate", target, name)
-        t0 = time.monotonic()
-        value = fn()
-        self.steps.append(StepRow(name, target, value if isinstance(value, str) else "ok",
-                                  time.monotonic() - t0))
+        value, shown, seconds = timed("migrate", target, name, fn)
+        self.steps.append(StepRow(name, target, shown, seconds))
         return value
 
     def text(self) -> str:

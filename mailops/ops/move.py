@@ -16,13 +16,12 @@ Safe to re-run: each step looks at where the mailbox is now.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailops.converge.run import converge
+from mailops.core import progress
 from mailops.core.errors import InventoryError, MailopsError
-from mailops.core.progress import step
 from mailops.inventory import remote
 from mailops.inventory.model import Host, Inventory, load_inventory
 from mailops.ops.dsync import node_sync
@@ -125,11 +124,8 @@ def move_mailbox(inventory: Inventory, address: str, to: str,
     old_home, new_home = nodes[current.node], nodes[to]
 
     def timed(what: str, where: str, fn) -> Any:
-        step("move", where, what)
-        t0 = time.monotonic()
-        out = fn()
-        result.steps.append((what, where, out if isinstance(out, str) else "done",
-                             time.monotonic() - t0))
+        out, shown, seconds = progress.timed("move", where, what, fn, done="done")
+        result.steps.append((what, where, shown, seconds))
         return out
 
     def dsync(verb: str, src: Host, dest: Host, done: str) -> str:

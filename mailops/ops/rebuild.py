@@ -22,8 +22,8 @@ from typing import Any
 
 from mailops.converge.bootstrap import bootstrap
 from mailops.converge.run import converge
+from mailops.core import progress
 from mailops.core.errors import MailopsError
-from mailops.core.progress import step
 from mailops.inventory import remote
 from mailops.inventory.model import Host, Inventory
 from mailops.ops import backup as ops_backup
@@ -103,11 +103,8 @@ def rebuild(inventory: Inventory, node: str, requeue: bool = True) -> RebuildRes
     others = [n for n in nodes if n != node]
 
     def timed(what: str, fn) -> Any:
-        step("rebuild", node, what)
-        t0 = time.monotonic()
-        out = fn()
-        result.steps.append((what, out if isinstance(out, str) else "done",
-                             time.monotonic() - t0))
+        out, shown, seconds = progress.timed("rebuild", node, what, fn, done="done")
+        result.steps.append((what, shown, seconds))
         return out
 
     drained = frozenset({node})
