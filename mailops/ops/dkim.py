@@ -73,7 +73,7 @@ def _published(inventory: Inventory, domain: str, selector: str, record: str,
                wait: float) -> str:
     """Wait until every deployment name server answers the new selector's
     record as planned; at most `wait` seconds."""
-    from mailops.verify.dnscheck import resolver_for
+    from mailops.verify.dnscheck import resolver_for, txt_values
 
     res = resolver_for(inventory)
     name = f"{selector}._domainkey.{domain}"
@@ -81,8 +81,7 @@ def _published(inventory: Inventory, domain: str, selector: str, record: str,
     deadline = time.monotonic() + wait
     while True:
         try:
-            answer = res.resolve(name, "TXT")
-            got = ["".join(b"".join(r.strings).decode().split()) for r in answer]
+            got = ["".join(t.split()) for t in txt_values(res, name)]
             if want in got:
                 return f"{name} resolves from {', '.join(res.nameservers)}"
             problem = "answers another key"

@@ -68,7 +68,8 @@ def _short(text: str, width: int = 50) -> str:
     return text if len(text) <= width else f"{text[:24]}...{text[-20:]}"
 
 
-def _txt(res: dns.resolver.Resolver, name: str) -> list[str]:
+def txt_values(res: dns.resolver.Resolver, name: str) -> list[str]:
+    """Each TXT record of name, its strings joined."""
     answer = res.resolve(name, "TXT")
     return [b"".join(r.strings).decode(errors="replace") for r in answer]
 
@@ -100,7 +101,7 @@ def check_dns(inventory: Inventory, report: Report) -> None:
                                    "", ""))
             continue
         try:
-            spf = [t for t in _txt(res, domain) if t.lower().startswith("v=spf1")]
+            spf = [t for t in txt_values(res, domain) if t.lower().startswith("v=spf1")]
             count = spf_lookup_count(spf[0], res) if spf else None
         except (dns.exception.DNSException, ValueError) as e:
             spf, count = [], None
@@ -123,7 +124,7 @@ def _check_dkim(inventory: Inventory, res: dns.resolver.Resolver, domain: str,
                 selector: str, report: Report) -> None:
     name = f"{selector}._domainkey.{domain}"
     try:
-        published = _dkim_p(next(t for t in _txt(res, name) if "p=" in t))
+        published = _dkim_p(next(t for t in txt_values(res, name) if "p=" in t))
         bits = load_der_public_key(base64.b64decode(published)).key_size
     except (dns.exception.DNSException, StopIteration, ValueError) as e:
         report.rows.append(Row("DKIM key", name, FAIL, "", f"no usable DKIM key in DNS: {e}",
