@@ -41,6 +41,10 @@ def test_a_node_lost_under_load_is_rebuilt_with_every_message_once(node, lab_inv
     prefix = f"rebuild {uuid.uuid4().hex[:8]}"
     accepted: dict[str, set[str]] = {r: set() for r in RECIPIENTS}
     when: dict[str, float] = {}  # Message-ID -> when the 250 came
+    # Sent, but the session broke before its answer came back: the node may
+    # have taken it (mail2 powering off hands its queue on first), and the
+    # client does not know (RFC 1047). Such a message may be stored, once.
+    unanswered: dict[str, set[str]] = {r: set() for r in RECIPIENTS}
     count = [0]
     deadline = time.monotonic() + BOUND
 
@@ -51,6 +55,7 @@ def test_a_node_lost_under_load_is_rebuilt_with_every_message_once(node, lab_inv
                 break
             rcpt = RECIPIENTS[i % 2]
             msg = message(user, [rcpt], f"{prefix} {i:03d}")
+            sending = False
             try:
                 if conn is None or i % 5 == 0:
                     if conn is not None:
@@ -58,11 +63,14 @@ def test_a_node_lost_under_load_is_rebuilt_with_every_message_once(node, lab_inv
                             conn.quit()
                     conn = node.endpoint.smtp_tls(587)
                     conn.login(user, password)
+                sending = True
                 if not conn.send_message(msg):
                     accepted[rcpt].add(msg["Message-ID"])
                     when[msg["Message-ID"]] = time.time()
                     count[0] += 1
-            except (smtplib.SMTPException, OSError):
+            except (smtplib.SMTPException, OSError) as e:
+                if sending and not isinstance(e, smtplib.SMTPResponseException):
+                    unanswered[rcpt].add(msg["Message-ID"])
                 conn = None  # a real client retries with a new session
         if conn is not None:
             with contextlib.suppress(smtplib.SMTPException, OSError):
@@ -102,7 +110,7 @@ def test_a_node_lost_under_load_is_rebuilt_with_every_message_once(node, lab_inv
         for name, copies in per_node.items():
             ids = [m for m, _ in copies]
             assert len(ids) == len(set(ids)), f"{name} {rcpt}: stored twice"
-        assert sets["mail1"] <= accepted[rcpt]
+        assert sets["mail1"] <= accepted[rcpt] | unanswered[rcpt], rcpt
         lost |= accepted[rcpt] - sets["mail1"]
     late = sorted(round(when[m] - t_off, 2) for m in lost)
     print(f"{total} accepted, {len(lost)} lost with mail2's disk, accepted at "
